@@ -1,0 +1,1 @@
+"""Workers: ``dft`` (reference labels), ``mlmd`` (ML molecular dynamics), ``trainer`` (fitting)."""

@@ -1,0 +1,44 @@
+"""The DFT worker: labels structures with the reference calculator (energy, forces)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from ase import Atoms
+
+from .calculators import make_calculator
+
+log = logging.getLogger(__name__)
+
+
+class ReferenceCalculationError(RuntimeError):
+    """A reference calculation that gave no usable answer."""
+
+
+class DFTHandler:
+    role = "dft"
+
+    def __init__(self, local_reference: dict | None = None) -> None:
+        # a [reference] section from this machine's --config wins over the server's
+        self.local_reference = local_reference
+        self.calc = None
+
+    def configure(self, config: dict) -> None:
+        ref = self.local_reference or config["reference"]
+        self.calc = make_calculator(ref["calculator"], ref.get("options") or {})
+        log.info("reference calculator: %s", ref["calculator"])
+
+    def handle(self, msg: dict) -> tuple[str, dict]:
+        if msg["type"] != "label_task":
+            raise ValueError(f"a dft worker does not handle {msg['type']}")
+        atoms = Atoms(msg["numbers"], msg["positions"], cell=msg["cell"], pbc=msg["pbc"])
+        atoms.calc = self.calc
+        t0 = time.perf_counter()
+        energy = float(atoms.get_potential_energy())
+        forces = np.asarray(atoms.get_forces(), dtype=np.float64)
+        seconds = time.perf_counter() - t0
+        if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
+            raise ReferenceCalculationError(f"reference returned a non-finite energy ({energy}) or forces")
+        return "label_result", {"energy": energy, "forces": forces, "seconds": seconds}

@@ -1,0 +1,71 @@
+"""The trainer: holds the dataset, fits model versions on request, returns them with metrics."""
+
+from __future__ import annotations
+
+import logging
+
+
+from slhmc.potential.descriptors import DescriptorSpec
+from slhmc.potential.network import BPNN
+from slhmc.potential.serialization import model_to_bytes
+from slhmc.potential.training import Featurized, FitSettings, Label, featurize, fit
+
+log = logging.getLogger(__name__)
+
+
+class TrainerHandler:
+    role = "trainer"
+
+    def __init__(self) -> None:
+        self.config: dict = {}
+        self.labels: dict[int, Label] = {}
+        self.featurized: dict[int, Featurized] = {}
+        self.model: BPNN | None = None
+
+    def configure(self, config: dict) -> None:
+        self.config = config
+        self.labels.clear()  # the server re-sends the dataset after every welcome
+        self.featurized.clear()
+        self.model = None
+
+    def handle(self, msg: dict) -> tuple[str, dict] | None:
+        if msg["type"] == "labels":
+            for d in msg["labels"]:
+                self.labels[d["label_id"]] = Label(d["numbers"], d["positions"], d["cell"], d["pbc"],
+                                                   d["energy"], d["forces"], d["label_id"])
+            return None
+        if msg["type"] != "train_task":
+            raise ValueError(f"a trainer does not handle {msg['type']}")
+        return "train_result", self.train(msg["version"], [int(i) for i in msg["label_ids"]], msg["warm_start"])
+
+    def _new_model(self, label_ids: list[int]) -> BPNN:
+        pot = self.config["potential"]
+        elements = sorted({int(z) for i in label_ids for z in self.labels[i].numbers})
+        spec = DescriptorSpec.default(elements, pot["cutoff"], pot.get("angular_cutoff"))
+        return BPNN(spec, tuple(pot["hidden"]), pot.get("activation", "tanh"))
+
+    def train(self, version: int, label_ids: list[int], warm_start: bool) -> dict:
+        missing = [i for i in label_ids if i not in self.labels]
+        if missing:
+            raise RuntimeError(f"labels {missing[:5]}... were never received ({len(missing)} missing)")
+        cfg_train = self.config["training"]
+        warm = warm_start and self.model is not None
+        if self.model is None:
+            self.model = self._new_model(label_ids)
+        for i in label_ids:
+            if i not in self.featurized:
+                self.featurized[i] = featurize(self.model, self.labels[i])
+        settings = FitSettings(
+            force_weight=cfg_train["force_weight"],
+            validation_fraction=cfg_train["validation_fraction"],
+            max_steps=cfg_train["max_steps"],
+            seed=int(self.config["hmc"]["seed"]) + version,
+        )
+        metrics = fit(self.model, [self.featurized[i] for i in label_ids], settings, warm_start=warm)
+        metrics["warm_start"] = warm
+        val = metrics["validation"]
+        log.info("model %d: %d labels, validation %s meV/atom, %s meV/Å, %.1f s", version, len(label_ids),
+                 val["energy_rmse_mev_per_atom"], val["force_rmse_mev_per_A"], metrics["seconds"])
+        data = model_to_bytes(self.model, {"version": version, "metrics": metrics})
+        return {"version": version, "model": data, "metrics": metrics}
+

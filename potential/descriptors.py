@@ -1,0 +1,169 @@
+"""Behler–Parrinello atom-centred symmetry functions (G2 radial, G4 angular), element-resolved.
+
+For atom i with neighbours j, k (all periodic images within the cutoff):
+
+    G2_i[Zj; eta, rs]        = sum_j exp(-eta (r_ij - rs)^2) fc(r_ij)
+    G4_i[{Zj,Zk}; eta, z, l] = 2^(1-z) sum_{j<k} (1 + l cos t_ijk)^z
+                               exp(-eta (r_ij^2 + r_ik^2 + r_jk^2)) fc(r_ij) fc(r_ik) fc(r_jk)
+
+with the cosine cutoff fc(r) = (cos(pi r / rc) + 1) / 2 for r < rc, else 0 (Behler, J. Chem. Phys.
+134, 074106 (2011)). G2 uses ``cutoff``; G4 uses ``angular_cutoff`` (the number of triplets grows
+as the cube of it). Lengths in Å, eta in 1/Å².
+
+Everything is vectorised torch over pairs and triplets so that forces (and the stress) are the
+exact autograd gradient of the energy: that exactness is what keeps the HMC proposal reversible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class DescriptorSpec:
+    """The full set of symmetry functions: which elements, cutoffs, and parameters."""
+
+    elements: tuple[int, ...]  # atomic numbers, sorted; the order of the per-element networks
+    cutoff: float  # Å, radial (G2) cutoff
+    angular_cutoff: float  # Å, angular (G4) cutoff, <= cutoff
+    radial: tuple[tuple[float, float], ...]  # (eta 1/Å², rs Å)
+    angular: tuple[tuple[float, float, float], ...]  # (eta 1/Å², zeta, lambda)
+
+    @classmethod
+    def default(
+        cls,
+        elements: list[int] | tuple[int, ...],
+        cutoff: float = 6.0,
+        angular_cutoff: float | None = None,
+        n_radial: int = 8,
+    ) -> DescriptorSpec:
+        """Default parameters generated from the cutoff.
+
+        Radial: ``n_radial`` Gaussians centred evenly on [1 Å, cutoff - 0.5 Å] with width equal to
+        their spacing (the "shifted" scheme of Behler 2011 / Imbalzano et al., J. Chem. Phys. 148,
+        241730 (2018)). Angular: eta in {0.005, 0.05} 1/Å², zeta in {1, 4}, lambda = ±1, the
+        customary small set of Behler 2011; the angular cutoff defaults to min(cutoff, 4.5 Å).
+        """
+        if cutoff <= 1.5:
+            raise ValueError(f"cutoff must be > 1.5 Å, got {cutoff}")
+        rc_ang = min(cutoff, 4.5) if angular_cutoff is None else float(angular_cutoff)
+        if not 0 < rc_ang <= cutoff:
+            raise ValueError(f"angular_cutoff must be in (0, cutoff], got {rc_ang}")
+        centres = torch.linspace(1.0, cutoff - 0.5, n_radial).tolist()
+        spacing = (cutoff - 1.5) / max(n_radial - 1, 1)
+        eta = 1.0 / (2.0 * spacing**2)
+        radial = tuple((round(eta, 10), round(rs, 10)) for rs in centres)
+        angular = tuple(
+            (eta_a, zeta, lam) for eta_a in (0.005, 0.05) for zeta in (1.0, 4.0) for lam in (-1.0, 1.0)
+        )
+        return cls(tuple(sorted(set(int(z) for z in elements))), float(cutoff), rc_ang, radial, angular)
+
+    @property
+    def n_elements(self) -> int:
+        return len(self.elements)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.n_elements * (self.n_elements + 1) // 2
+
+    @property
+    def n_features(self) -> int:
+        return self.n_elements * len(self.radial) + self.n_pairs * len(self.angular)
+
+    def to_dict(self) -> dict:
+        return {
+            "elements": list(self.elements),
+            "cutoff": self.cutoff,
+            "angular_cutoff": self.angular_cutoff,
+            "radial": [list(p) for p in self.radial],
+            "angular": [list(p) for p in self.angular],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DescriptorSpec:
+        return cls(
+            tuple(int(z) for z in d["elements"]),
+            float(d["cutoff"]),
+            float(d["angular_cutoff"]),
+            tuple((float(a), float(b)) for a, b in d["radial"]),
+            tuple((float(a), float(b), float(c)) for a, b, c in d["angular"]),
+        )
+
+
+def cosine_cutoff(r: torch.Tensor, rc: float) -> torch.Tensor:
+    return torch.where(r < rc, 0.5 * (torch.cos(math.pi * r / rc) + 1.0), torch.zeros_like(r))
+
+
+def triplets(center: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All unordered pairs (a, b), a < b, of entries of ``center`` that share the same centre.
+
+    Returns indices into ``center``. Vectorised: pairs are grouped by centre, and a triangular
+    index set of the largest group is masked by each centre's neighbour count.
+    """
+    if center.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=center.device)
+        return empty, empty
+    order = torch.argsort(center, stable=True)
+    counts = torch.bincount(center, minlength=n_atoms)
+    starts = torch.cumsum(counts, 0) - counts
+    m = int(counts.max())
+    a, b = torch.triu_indices(m, m, offset=1, device=center.device)
+    c_idx, t_idx = (b.unsqueeze(0) < counts.unsqueeze(1)).nonzero(as_tuple=True)
+    return order[starts[c_idx] + a[t_idx]], order[starts[c_idx] + b[t_idx]]
+
+
+def symmetry_functions(
+    spec: DescriptorSpec,
+    species: torch.Tensor,
+    vectors: torch.Tensor,
+    i: torch.Tensor,
+    j: torch.Tensor,
+) -> torch.Tensor:
+    """G (n_atoms, n_features) from pair vectors ``vectors[p] = r_j - r_i`` (+ image shift).
+
+    ``species`` holds element indices (0..n_elements-1) into ``spec.elements``; ``i``, ``j`` the
+    full pair list within ``spec.cutoff``. Feature layout: for each neighbour element, the radial
+    set; then for each unordered neighbour-element pair (row-major upper triangle), the angular set.
+    """
+    n_atoms = species.shape[0]
+    n_el = spec.n_elements
+    dtype, device = vectors.dtype, vectors.device
+    dist = torch.linalg.norm(vectors, dim=1)
+
+    eta_r, rs = torch.tensor(spec.radial, dtype=dtype, device=device).T
+    g2_terms = torch.exp(-eta_r * (dist.unsqueeze(1) - rs) ** 2) * cosine_cutoff(dist, spec.cutoff).unsqueeze(1)
+    n_rad = len(spec.radial)
+    g2 = torch.zeros(n_atoms * n_el, n_rad, dtype=dtype, device=device)
+    g2 = g2.index_add(0, i * n_el + species[j], g2_terms).reshape(n_atoms, n_el * n_rad)
+
+    n_ang = len(spec.angular)
+    g4 = torch.zeros(n_atoms * spec.n_pairs, n_ang, dtype=dtype, device=device)
+    close = (dist < spec.angular_cutoff).nonzero(as_tuple=True)[0]
+    pa, pb = triplets(i[close], n_atoms)
+    if pa.numel():
+        pa, pb = close[pa], close[pb]
+        v_ij, v_ik = vectors[pa], vectors[pb]
+        r_ij, r_ik = dist[pa], dist[pb]
+        r_jk = torch.linalg.norm(v_ik - v_ij, dim=1)
+        cos_t = (v_ij * v_ik).sum(1) / (r_ij * r_ik)
+        rc = spec.angular_cutoff
+        fc3 = cosine_cutoff(r_ij, rc) * cosine_cutoff(r_ik, rc) * cosine_cutoff(r_jk, rc)
+        r2 = r_ij**2 + r_ik**2 + r_jk**2
+        eta_a, zeta, lam = torch.tensor(spec.angular, dtype=dtype, device=device).T
+        g4_terms = (
+            2.0 ** (1.0 - zeta)
+            * (1.0 + lam * cos_t.unsqueeze(1)) ** zeta
+            * torch.exp(-eta_a * r2.unsqueeze(1))
+            * fc3.unsqueeze(1)
+        )
+        # unordered element pair {a, b} -> upper-triangle index
+        pair_index = torch.zeros(n_el, n_el, dtype=torch.long, device=device)
+        rows, cols = torch.triu_indices(n_el, n_el, device=device)
+        pair_index[rows, cols] = torch.arange(rows.numel(), device=device)
+        pair_index[cols, rows] = pair_index[rows, cols]
+        slot = i[pa] * spec.n_pairs + pair_index[species[j[pa]], species[j[pb]]]
+        g4 = g4.index_add(0, slot, g4_terms)
+    return torch.cat([g2, g4.reshape(n_atoms, spec.n_pairs * n_ang)], dim=1)

@@ -1,0 +1,274 @@
+"""A ROUTER broker for three worker roles, after the ZeroMQ Guide's Paranoid Pirate / Majordomo.
+
+Workers (DEALER sockets) say ``hello`` with their role; the broker answers ``welcome`` and keeps
+an idle queue per role. Tasks carry ids and are queued per role; a task goes to the first idle
+worker of its role. Every message from a worker refreshes its liveness; both sides send
+heartbeats; a worker silent for ``timeout_s`` is declared dead and its task goes back to the
+front of its queue. A result is accepted only from the worker that holds the task and only
+with the expected type: anything else (unknown, finished or forged ids) is dropped, so
+duplicated or late results are harmless. Bad frames are logged and answered with ``error``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+
+from slhmc.protocol import ROLES, ProtocolError, build, parse
+
+log = logging.getLogger(__name__)
+
+RESULT_TYPE = {"md_task": "md_result", "label_task": "label_result", "train_task": "train_result"}
+
+
+@dataclass
+class Worker:
+    identity: bytes
+    role: str
+    name: str
+    worker_id: str
+    last_seen: float
+    task: Task | None = None
+    state: dict = field(default_factory=dict)  # what the server knows it holds (model version, labels)
+
+
+@dataclass
+class Task:
+    task_id: int
+    role: str
+    kind: str  # message type sent, e.g. "md_task"
+    fields: dict
+    context: object = None  # the server's own bookkeeping for this task
+    # called with the worker just before sending: may add fields that depend on the worker
+    prepare: Callable[[Worker, dict], dict] | None = None
+    worker: bytes | None = None
+    attempts: int = 0
+    sent_at: float = 0.0
+
+
+@dataclass
+class Completed:
+    task: Task
+    message: dict
+
+
+@dataclass
+class Failed:
+    task: Task
+    error: str
+
+
+@dataclass
+class Joined:
+    worker: Worker
+
+
+@dataclass
+class Lost:
+    worker: Worker
+    task: Task | None
+
+
+Event = Completed | Failed | Joined | Lost
+
+
+class Broker:
+    def __init__(
+        self,
+        bind: str,
+        welcome_config: dict,
+        heartbeat_s: float = 1.0,
+        timeout_s: float = 10.0,
+        context: zmq.Context | None = None,
+        socket_setup: Callable[[zmq.Socket], None] | None = None,
+    ) -> None:
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if socket_setup:
+            socket_setup(self.socket)
+        self.socket.bind(bind)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.welcome_config = welcome_config
+        self.heartbeat_s = heartbeat_s
+        self.timeout_s = timeout_s
+        self.workers: dict[bytes, Worker] = {}
+        self.idle: dict[str, deque[bytes]] = {r: deque() for r in ROLES}
+        self.queues: dict[str, deque[Task]] = {r: deque() for r in ROLES}
+        self.tasks: dict[int, Task] = {}  # submitted and not yet finished
+        self._ids = itertools.count(1)
+        self._worker_ids = itertools.count(1)
+        self._last_heartbeat = 0.0
+        self.dropped = 0  # frames or results dropped as invalid, for tests and logs
+
+    # -- sending ---------------------------------------------------------------------------------
+    def send(self, worker: Worker | bytes, kind: str, **fields: object) -> bool:
+        identity = worker.identity if isinstance(worker, Worker) else worker
+        try:
+            self.socket.send_multipart([identity, build(kind, **fields)], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as err:  # peer gone (ROUTER_MANDATORY) or its queue is full
+            log.debug("could not send %s to %r: %s", kind, identity, err)
+            return False
+
+    def submit(
+        self,
+        role: str,
+        kind: str,
+        fields: dict,
+        context: object = None,
+        prepare: Callable[[Worker, dict], dict] | None = None,
+    ) -> Task:
+        task = Task(next(self._ids), role, kind, fields, context, prepare)
+        self.tasks[task.task_id] = task
+        self.queues[role].append(task)
+        self._dispatch()
+        return task
+
+    def retry(self, task: Task) -> None:
+        """Put a failed task back at the front of its queue (a different idle worker goes first)."""
+        task.worker = None
+        self.tasks[task.task_id] = task
+        self.queues[task.role].appendleft(task)
+        self._dispatch()
+
+    def cancel(self, task: Task) -> None:
+        self.tasks.pop(task.task_id, None)
+        if task in self.queues[task.role]:
+            self.queues[task.role].remove(task)
+
+    def broadcast(self, role: str | None, kind: str, **fields: object) -> None:
+        for w in list(self.workers.values()):
+            if role is None or w.role == role:
+                self.send(w, kind, **fields)
+
+    def count(self, role: str) -> int:
+        return sum(1 for w in self.workers.values() if w.role == role)
+
+    def _dispatch(self) -> None:
+        for role in ROLES:
+            queue, idle = self.queues[role], self.idle[role]
+            while queue and idle:
+                worker = self.workers[idle.popleft()]
+                task = queue.popleft()
+                fields = task.prepare(worker, dict(task.fields)) if task.prepare else task.fields
+                if not self.send(worker, task.kind, task_id=task.task_id, **fields):
+                    queue.appendleft(task)
+                    self._remove(worker)
+                    continue
+                task.worker, task.sent_at = worker.identity, time.monotonic()
+                task.attempts += 1
+                worker.task = task
+
+    # -- receiving -------------------------------------------------------------------------------
+    def poll(self, timeout_s: float) -> list[Event]:
+        """Wait up to ``timeout_s`` for traffic; handle it; return what the server must act on."""
+        events: list[Event] = []
+        if self.socket.poll(int(timeout_s * 1000)):
+            for _ in range(1000):  # bounded: never starve the heartbeat check
+                try:
+                    frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._handle(frames, events)
+        self._heartbeat(events)
+        self._dispatch()
+        return events
+
+    def _handle(self, frames: list[bytes], events: list[Event]) -> None:
+        if len(frames) != 2:
+            self.dropped += 1
+            log.warning("dropped a message of %d frames (expected 2)", len(frames))
+            return
+        identity, payload = frames
+        try:
+            msg = parse(payload)
+        except ProtocolError as err:
+            self.dropped += 1
+            log.warning("bad message from %r: %s", identity[:8], err)
+            self.send(identity, "error", error=f"bad message: {err}"[:2000])
+            return
+        kind = msg["type"]
+        worker = self.workers.get(identity)
+        if kind == "hello":
+            self._hello(identity, msg, events)
+            return
+        if worker is None:
+            self.dropped += 1
+            log.info("message %s from an unregistered peer; asking it to say hello", kind)
+            self.send(identity, "error", error="unknown worker: send hello first", code="unknown_worker")
+            return
+        worker.last_seen = time.monotonic()
+        if kind == "heartbeat":
+            return
+        if kind == "bye":
+            self._remove(worker, events)
+            return
+        if kind in ("failed", *RESULT_TYPE.values()):
+            task = self.tasks.get(msg["task_id"])
+            if task is None or task.worker != identity or worker.task is not task:
+                self.dropped += 1
+                log.warning("dropped %s for task %s: not held by %s", kind, msg["task_id"], worker.name)
+                return
+            if kind != "failed" and kind != RESULT_TYPE[task.kind]:
+                self.dropped += 1
+                log.warning("dropped %s for a %s", kind, task.kind)
+                return
+            worker.task = None
+            self.idle[worker.role].append(identity)
+            self.tasks.pop(task.task_id)
+            events.append(Failed(task, msg["error"]) if kind == "failed" else Completed(task, msg))
+            return
+        self.dropped += 1
+        log.warning("unexpected %s from %s", kind, worker.name)
+        self.send(identity, "error", error=f"unexpected message type {kind}")
+
+    def _hello(self, identity: bytes, msg: dict, events: list[Event]) -> None:
+        old = self.workers.get(identity)
+        if old is not None:  # the same socket said hello again: it lost its state
+            self._remove(old, events)
+        worker = Worker(
+            identity, msg["role"], msg["name"], f"{msg['role']}-{next(self._worker_ids)}", time.monotonic()
+        )
+        self.workers[identity] = worker
+        self.send(identity, "welcome", worker_id=worker.worker_id, config=self.welcome_config,
+                  heartbeat_s=self.heartbeat_s)
+        self.idle[worker.role].append(identity)
+        log.info("worker %s (%s, pid %s) joined", worker.worker_id, worker.name, msg["pid"])
+        events.append(Joined(worker))
+
+    def _remove(self, worker: Worker, events: list[Event] | None = None) -> None:
+        self.workers.pop(worker.identity, None)
+        if worker.identity in self.idle[worker.role]:
+            self.idle[worker.role].remove(worker.identity)
+        task = worker.task
+        if task is not None and task.task_id in self.tasks:
+            log.warning("re-queueing task %d (%s) of worker %s", task.task_id, task.kind, worker.worker_id)
+            task.worker = None
+            self.queues[task.role].appendleft(task)
+        worker.task = None
+        if events is not None:
+            events.append(Lost(worker, task))
+
+    def _heartbeat(self, events: list[Event]) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers.values()):
+            if now - worker.last_seen > self.timeout_s:
+                log.warning("worker %s (%s) silent for %.1f s: declared dead", worker.worker_id,
+                            worker.name, now - worker.last_seen)
+                self._remove(worker, events)
+        if now - self._last_heartbeat >= self.heartbeat_s:
+            self._last_heartbeat = now
+            self.broadcast(None, "heartbeat")
+
+    def close(self, reason: str = "run finished") -> None:
+        self.broadcast(None, "shutdown", reason=reason)
+        time.sleep(0.05)  # LINGER is 0: give the shutdown frames a moment to leave
+        self.socket.close(0)

@@ -1,0 +1,386 @@
+"""The HMC server: one Markov chain driven through the broker.
+
+Phases: bootstrap (label the start structure and perturbed, strained copies; fit model 0), then
+trials. One trial t (DESIGN section 2):
+
+  momenta from the (seed, t) stream -> mlmd worker integrates L velocity-Verlet steps with the
+  ML forces of one model version -> a dft worker labels the end point -> the server computes the
+  exact ΔH with kinetic energies and accepts with min(1, exp(-ΔH/kT)).
+
+Every label (accepted or not) is written to dataset.extxyz and forwarded to the trainer; after
+``training.interval`` new labels a refit is requested, and its model is used by later trials. A
+failed reference call is retried and then stops the run: it is never turned into a rejection.
+Trials run one after another (pre-fetching with several DFT workers is a later extension).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from ase import Atoms
+from ase.io import read
+from tqdm import tqdm
+
+from slhmc.config import Config
+from slhmc.potential.serialization import model_from_bytes
+from slhmc.protocol import structure_fields
+
+from . import chain
+from .broker import Broker, Completed, Failed, Joined, Lost, Task, Worker
+from .outputs import RunFiles
+
+log = logging.getLogger(__name__)
+
+LABEL_CHUNK = 100  # labels per message to the trainer
+
+
+class RunAborted(RuntimeError):
+    pass
+
+
+def bootstrap_structures(start: Atoms, n: int, displacement: float, strain: float, seed: int) -> list[Atoms]:
+    """``n`` copies of ``start``, isotropically strained by up to ±strain (periodic directions)
+    and randomly displaced with an rms displacement of ``displacement`` Å per atom."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    out = []
+    for _ in range(n):
+        a = start.copy()
+        if a.pbc.any():
+            a.set_cell(a.cell.array * (1.0 + rng.uniform(-strain, strain)), scale_atoms=True)
+        a.positions += rng.normal(0.0, displacement / np.sqrt(3.0), a.positions.shape)
+        out.append(a)
+    return out
+
+
+class HMCServer:
+    def __init__(
+        self,
+        config: Config,
+        out_dir: str,
+        bind: str = "tcp://127.0.0.1:5555",
+        resume: bool = False,
+        progress: bool = True,
+        socket_setup=None,
+    ) -> None:
+        self.cfg = config
+        self.files = RunFiles(out_dir, resume)
+        start = read(config.structure_path)
+        self.template = Atoms(start.numbers, start.positions, cell=start.cell, pbc=start.pbc)
+        self.masses = start.get_masses()
+        self.n_atoms = len(start)
+        self.temperature = config.system.temperature
+        self.broker = Broker(
+            bind,
+            config.model_dump(mode="json"),
+            heartbeat_s=config.workers.heartbeat,
+            timeout_s=config.workers.timeout,
+            socket_setup=socket_setup,
+        )
+        self.endpoint = self.broker.endpoint
+        self.labels: list[dict] = []  # wire-form labels; index == label_id
+        self.model_version = -1
+        self.model_bytes: bytes | None = None
+        self.trial = 0
+        self.accepted = 0
+        self.positions = start.positions.copy()
+        self.cell = np.asarray(start.cell.array).copy()
+        self.e_chain: float | None = None
+        self.in_flight: Task | None = None  # the task of the current trial (md or label stage)
+        self.train_task: Task | None = None
+        self.labels_since_fit = 0
+        self.bootstrap_pending: dict[int, Task] = {}
+        self.bootstrap_results: dict[int, dict] = {}
+        self.progress_enabled = progress
+        self.bar: tqdm | None = None
+        self.t_start = time.monotonic()
+        if resume:
+            self._restore(self.files.checkpoint)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def _atoms(self, positions: np.ndarray, cell: np.ndarray | None = None) -> Atoms:
+        a = self.template.copy()
+        a.positions = positions
+        if cell is not None:
+            a.cell = cell
+        return a
+
+    def _add_label(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> int:
+        label_id = len(self.labels)
+        self.labels.append({**structure_fields(atoms), "label_id": label_id, "energy": energy,
+                            "forces": np.asarray(forces, dtype=np.float64)})
+        self.files.write_label(atoms, energy, forces, {"label_id": label_id, **info})
+        for worker in list(self.broker.workers.values()):
+            if worker.role == "trainer":
+                self._sync_labels(worker)
+        return label_id
+
+    def _sync_labels(self, worker: Worker) -> None:
+        sent = worker.state.get("labels_sent", 0)
+        while sent < len(self.labels):
+            chunk = self.labels[sent : sent + LABEL_CHUNK]
+            if not self.broker.send(worker, "labels", labels=chunk):
+                return
+            sent += len(chunk)
+            worker.state["labels_sent"] = sent
+
+    def _checkpoint(self) -> None:
+        train = self.train_task.context if self.train_task else None
+        self.files.save_checkpoint({
+            "trial": self.trial,
+            "accepted": self.accepted,
+            "positions": self.positions.tolist(),
+            "cell": self.cell.tolist(),
+            "e_chain": self.e_chain,
+            "model_version": self.model_version,
+            "labels_since_fit": self.labels_since_fit,
+            "n_labels": len(self.labels),
+            "pending_train": train,
+        })
+
+    def _restore(self, ckpt: dict) -> None:
+        for frame in self.files.read_dataset():
+            self.labels.append({**structure_fields(frame), "label_id": int(frame.info["label_id"]),
+                                "energy": float(frame.get_potential_energy()),
+                                "forces": frame.get_forces().astype(np.float64)})
+        if len(self.labels) != ckpt["n_labels"]:
+            raise RunAborted(f"dataset has {len(self.labels)} labels, checkpoint says {ckpt['n_labels']}")
+        self.trial, self.accepted = ckpt["trial"], ckpt["accepted"]
+        self.positions = np.array(ckpt["positions"], dtype=np.float64)
+        self.cell = np.array(ckpt["cell"], dtype=np.float64)
+        self.e_chain = ckpt["e_chain"]
+        self.model_version = ckpt["model_version"]
+        self.model_bytes = self.files.model_path(self.model_version).read_bytes()
+        self.labels_since_fit = ckpt["labels_since_fit"]
+        if ckpt.get("pending_train"):
+            self._request_fit(**ckpt["pending_train"])
+        log.info("resumed at trial %d with model %d and %d labels", self.trial, self.model_version,
+                 len(self.labels))
+
+    # -- requests --------------------------------------------------------------------------------
+    def _request_label(self, atoms: Atoms, context: dict) -> Task:
+        return self.broker.submit("dft", "label_task", structure_fields(atoms), context=context)
+
+    def _request_fit(self, version: int, n_labels: int, warm_start: bool) -> None:
+        def prepare(worker: Worker, fields: dict) -> dict:
+            self._sync_labels(worker)  # a new trainer gets the whole dataset before the task
+            return fields
+
+        fields = {"version": version, "label_ids": np.arange(n_labels, dtype=np.int64), "warm_start": warm_start}
+        context = {"version": version, "n_labels": n_labels, "warm_start": warm_start}
+        self.train_task = self.broker.submit("trainer", "train_task", fields, context=context, prepare=prepare)
+        log.info("refit requested: model %d on %d labels", version, n_labels)
+
+    def _maybe_refit(self) -> None:
+        interval, stop_after = self.cfg.training.interval, self.cfg.training.stop_after
+        if interval <= 0 or self.train_task is not None or self.labels_since_fit < interval:
+            return
+        if stop_after and self.trial >= stop_after:
+            return
+        self.labels_since_fit = 0
+        self._request_fit(self.model_version + 1, len(self.labels), warm_start=True)
+
+    def _start_trial(self) -> None:
+        t = self.trial
+        draws = chain.draw(self.cfg.hmc.seed, t, self.masses, self.temperature)
+        fields = {
+            **structure_fields(self._atoms(self.positions, self.cell)),
+            "masses": self.masses,
+            "momenta": draws.momenta,
+            "steps": self.cfg.hmc.md_steps,
+            "timestep_fs": self.cfg.hmc.timestep,
+            "model_version": self.model_version,
+        }
+        version, model = self.model_version, self.model_bytes
+
+        def attach_model(worker: Worker, f: dict) -> dict:
+            if worker.state.get("model_version") != version:
+                f["model"] = model
+                worker.state["model_version"] = version
+            return f
+
+        self.in_flight = self.broker.submit(
+            "mlmd", "md_task", fields, context={"stage": "md", "trial": t, "draws": draws}, prepare=attach_model
+        )
+
+    # -- events ----------------------------------------------------------------------------------
+    def _on_completed(self, task: Task, msg: dict) -> None:
+        ctx = task.context
+        if task.kind == "train_task":
+            self._on_model(msg, ctx)
+        elif ctx["stage"] == "bootstrap":
+            self._check_forces(msg)
+            self.bootstrap_results[ctx["index"]] = msg
+            self.bootstrap_pending.pop(ctx["index"])
+            if not self.bootstrap_pending:
+                self._finish_bootstrap()
+        elif ctx["stage"] == "md":
+            if msg["positions"].shape != (self.n_atoms, 3) or msg["model_version"] != self.model_version_of(task):
+                raise RunAborted(f"mlmd result for trial {ctx['trial']} does not match its task")
+            proposal = self._atoms(msg["positions"], self.cell)
+            self.in_flight = self._request_label(
+                proposal, {"stage": "label", "trial": ctx["trial"], "draws": ctx["draws"], "md": msg}
+            )
+        elif ctx["stage"] == "label":
+            self._check_forces(msg)
+            self._finish_trial(ctx, msg)
+
+    @staticmethod
+    def model_version_of(task: Task) -> int:
+        return task.fields["model_version"]
+
+    def _check_forces(self, msg: dict) -> None:
+        if msg["forces"].shape != (self.n_atoms, 3):
+            raise RunAborted(f"reference forces of shape {msg['forces'].shape}, expected ({self.n_atoms}, 3)")
+
+    def _finish_bootstrap(self) -> None:
+        n = len(self.bootstrap_results)
+        for index in range(n):
+            msg = self.bootstrap_results[index]
+            atoms = self._bootstrap[index]
+            self._add_label(atoms, msg["energy"], msg["forces"], {"source": "start" if index == 0 else "bootstrap"})
+        self.e_chain = self.bootstrap_results[0]["energy"]
+        self.bootstrap_results.clear()
+        self._request_fit(0, len(self.labels), warm_start=False)
+
+    def _finish_trial(self, ctx: dict, msg: dict) -> None:
+        t, draws, md = ctx["trial"], ctx["draws"], ctx["md"]
+        k_old = chain.kinetic_energy(draws.momenta, self.masses)
+        k_new = chain.kinetic_energy(md["momenta"], self.masses)
+        dh = chain.delta_h(k_old, self.e_chain, k_new, msg["energy"])
+        accepted = chain.accept(dh, self.temperature, draws.uniform)
+        proposal = self._atoms(md["positions"], self.cell)
+        label_id = self._add_label(proposal, msg["energy"], msg["forces"], {"source": "trial", "trial": t})
+        e_old = self.e_chain
+        if accepted:
+            self.positions, self.e_chain = md["positions"], msg["energy"]
+            self.accepted += 1
+        self.files.write_trial({
+            "trial": t,
+            "accepted": accepted,
+            "delta_h": dh,
+            "e_ref": msg["energy"],
+            "e_ml": md["e_ml_end"],
+            "e_chain": self.e_chain,
+            "model": md["model_version"],
+            "e_ref_old": e_old,
+            "e_ml_start": md["e_ml_start"],
+            "h_ml_drift": md["h_ml_drift"],
+            "k_old": k_old,
+            "k_new": k_new,
+            "n_atoms": self.n_atoms,
+            "label_id": label_id,
+            "mlmd_seconds": md["seconds"],
+            "dft_seconds": msg["seconds"],
+            "wall_seconds": round(time.monotonic() - self.t_start, 3),
+        })
+        if (t + 1) % self.cfg.output.stride == 0:
+            self.files.write_chain(self._atoms(self.positions, self.cell), self.e_chain,
+                                   {"trial": t, "accepted": accepted, "model": md["model_version"]})
+        self.trial += 1
+        self.in_flight = None
+        self.labels_since_fit += 1
+        self._maybe_refit()
+        self._checkpoint()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(acc=f"{self.accepted / self.trial:.2f}", model=self.model_version)
+
+    def _on_model(self, msg: dict, ctx: dict) -> None:
+        if msg["version"] != ctx["version"]:
+            raise RunAborted(f"trainer answered model {msg['version']} for request {ctx['version']}")
+        model_from_bytes(msg["model"])  # refuse a model that does not load here (no pickle involved)
+        self.files.save_model(msg["version"], msg["model"], msg["metrics"])
+        self.model_version, self.model_bytes = msg["version"], msg["model"]
+        self.train_task = None
+        val = msg["metrics"].get("validation", {})
+        log.info("model %d: validation energy RMSE %s meV/atom, force RMSE %s meV/Å, %s s", msg["version"],
+                 _fmt(val.get("energy_rmse_mev_per_atom")), _fmt(val.get("force_rmse_mev_per_A")),
+                 msg["metrics"].get("seconds"))
+        if self.model_version > 0 and self.trial < self.cfg.hmc.trials:
+            self._maybe_refit()
+        self._checkpoint()
+
+    def _on_failed(self, task: Task, error: str) -> None:
+        log.error("task %d (%s) failed on attempt %d: %s", task.task_id, task.kind, task.attempts, error)
+        retries = self.cfg.reference.retries if task.role == "dft" else 1
+        if task.attempts <= retries:
+            self.broker.retry(task)
+            return
+        if task.kind == "train_task" and self.model_version >= 0:
+            log.error("giving up on refit %d; the chain goes on with model %d", task.context["version"],
+                      self.model_version)
+            self.train_task = None
+            return
+        raise RunAborted(f"{task.kind} failed {task.attempts} times; last error: {error}")
+
+    # -- main loop -------------------------------------------------------------------------------
+    def _ready_for_trial(self) -> bool:
+        if self.in_flight is not None or self.trial >= self.cfg.hmc.trials or self.model_bytes is None:
+            return False
+        return not (self.cfg.hmc.deterministic and self.train_task is not None)
+
+    def _dispatch_events(self, timeout_s: float) -> None:
+        for event in self.broker.poll(timeout_s):
+            if isinstance(event, Completed):
+                self._on_completed(event.task, event.message)
+            elif isinstance(event, Failed):
+                self._on_failed(event.task, event.error)
+            elif isinstance(event, Joined):
+                if event.worker.role == "trainer":
+                    self._sync_labels(event.worker)
+            elif isinstance(event, Lost):
+                log.warning("lost worker %s%s", event.worker.worker_id,
+                            f"; its task {event.task.task_id} is re-queued" if event.task else "")
+
+    def run(self) -> int:
+        """Run to ``hmc.trials`` trials; 0 on success, 2 when the run had to stop."""
+        cfg = self.cfg
+        self.bar = tqdm(total=cfg.hmc.trials, initial=self.trial, desc="SLHMC", unit="trial",
+                        disable=not self.progress_enabled, dynamic_ncols=True)
+        log.info("server on %s; %d trials of %d x %.3g fs at %.1f K", self.endpoint, cfg.hmc.trials,
+                 cfg.hmc.md_steps, cfg.hmc.timestep, self.temperature)
+        try:
+            if self.model_bytes is None:
+                start = self._atoms(self.positions, self.cell)
+                self._bootstrap = [start] + bootstrap_structures(
+                    start, cfg.training.bootstrap, cfg.training.bootstrap_displacement,
+                    cfg.training.bootstrap_strain, cfg.hmc.seed)
+                for index, atoms in enumerate(self._bootstrap):
+                    self.bootstrap_pending[index] = self._request_label(atoms, {"stage": "bootstrap", "index": index})
+                log.info("bootstrap: labelling %d structures", len(self._bootstrap))
+            last_report = time.monotonic()
+            while self.trial < cfg.hmc.trials:
+                if self._ready_for_trial():
+                    self._start_trial()
+                self._dispatch_events(0.1)
+                if not self.progress_enabled and time.monotonic() - last_report > 30:
+                    last_report = time.monotonic()
+                    log.info("trial %d/%d, acceptance %.3f, model %d", self.trial, cfg.hmc.trials,
+                             self.accepted / max(self.trial, 1), self.model_version)
+            self._wait_for_pending_fit()
+            log.info("done: %d trials, acceptance %.3f, %d labels, last model %d, %.1f s", self.trial,
+                     self.accepted / max(self.trial, 1), len(self.labels), self.model_version,
+                     time.monotonic() - self.t_start)
+            return 0
+        except RunAborted as err:
+            log.error("run stopped: %s", err)
+            return 2
+        finally:
+            self.bar.close()
+            self.broker.close()
+            self.files.close()
+
+    def _wait_for_pending_fit(self, limit_s: float = 600.0) -> None:
+        """A refit already paid for in labels is worth its model: wait for it (bounded)."""
+        deadline = time.monotonic() + limit_s
+        while self.train_task is not None and time.monotonic() < deadline:
+            if self.broker.count("trainer") == 0 and time.monotonic() > deadline - limit_s + 30:
+                log.warning("no trainer connected; the last refit is abandoned")
+                break
+            self._dispatch_events(0.2)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"

@@ -1,0 +1,149 @@
+"""The ``slhmc`` command: run | server | worker | analyze."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+
+
+def _logging(level: int, log_file: Path | None = None, console_level: int | None = None) -> None:
+    root = logging.getLogger()
+    root.setLevel(level)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(console_level or level)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if log_file is not None:
+        fh = logging.FileHandler(log_file)
+        fh.setLevel(level)
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+
+
+def _load(path: str):
+    from .config import ConfigError, check_inputs, load_config
+
+    try:
+        cfg = load_config(path)
+        check_inputs(cfg)
+    except ConfigError as err:
+        print(f"slhmc: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return cfg
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .launcher import run_all
+
+    cfg = _load(args.config)
+    _logging(logging.INFO)
+    return run_all(cfg, args.config, args.out, args.resume, args.bind, not args.no_progress)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from slhmc.server.hmc import HMCServer
+    from slhmc.server.outputs import RunDirectoryError
+
+    cfg = _load(args.config)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress and sys.stderr.isatty()
+    _logging(logging.INFO, Path(args.out) / "server.log", logging.WARNING if progress else logging.INFO)
+    _sigterm_as_interrupt()
+    try:
+        server = HMCServer(cfg, args.out, bind=args.bind, resume=args.resume, progress=progress)
+    except RunDirectoryError as err:
+        print(f"slhmc: {err}", file=sys.stderr)
+        return 2
+    try:
+        return server.run()
+    except KeyboardInterrupt:
+        logging.getLogger("slhmc").warning("interrupted; the checkpoint holds the last finished trial")
+        return 130
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import torch
+
+    from slhmc.clients.worker import serve
+
+    torch.set_num_threads(args.threads)
+    _logging(logging.INFO)
+    _sigterm_as_interrupt()
+    local_reference = None
+    if args.config:
+        local_reference = _load(args.config).model_dump(mode="json")["reference"]
+    if args.role == "dft":
+        from slhmc.clients.dft import DFTHandler
+
+        handler = DFTHandler(local_reference)
+    elif args.role == "mlmd":
+        from slhmc.clients.mlmd import MLMDHandler
+
+        handler = MLMDHandler()
+    else:
+        from slhmc.clients.trainer import TrainerHandler
+
+        handler = TrainerHandler()
+    return serve(handler, args.connect, name=args.name, timeout_s=args.timeout)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyze import analyze
+
+    return analyze(args.dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="slhmc", description="Self-learning hybrid Monte Carlo")
+    p.add_argument("--version", action="version", version=f"slhmc {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="server and workers on this machine, all in one")
+    run.add_argument("config")
+    run.add_argument("--out", required=True, help="run directory")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    run.add_argument("--bind", default=None, help="server address (default: a private ipc:// socket)")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    server = sub.add_parser("server", help="the HMC server alone; workers connect to --bind")
+    server.add_argument("config")
+    server.add_argument("--out", required=True)
+    server.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ address to bind (default {DEFAULT_BIND})")
+    server.add_argument("--resume", action="store_true")
+    server.add_argument("--no-progress", action="store_true")
+    server.set_defaults(func=cmd_server)
+
+    worker = sub.add_parser("worker", help="one worker process")
+    worker.add_argument("role", choices=["mlmd", "dft", "trainer"])
+    worker.add_argument("--connect", required=True, help="the server's address, e.g. tcp://host:5555")
+    worker.add_argument("--config", default=None, help="local config: its [reference] wins over the server's")
+    worker.add_argument("--name", default=None)
+    worker.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    worker.add_argument("--timeout", type=float, default=10.0, help="s of server silence before reconnecting")
+    worker.set_defaults(func=cmd_worker)
+
+    analyze = sub.add_parser("analyze", help="acceptance, energies and model errors of a run")
+    analyze.add_argument("dir")
+    analyze.set_defaults(func=cmd_analyze)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,98 @@
+"""``slhmc run``: the server and every worker as separate OS processes on this machine.
+
+Workers' output goes to DIR/logs/; the server's progress bar stays on the terminal. A worker
+that dies is started again (the server has already re-queued its task). Ctrl-C stops the
+server first (its checkpoint is current after every trial), then the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .config import Config
+
+log = logging.getLogger(__name__)
+
+MAX_RESTARTS = 5  # per worker slot
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # several processes share the cores: one thread each (FIELD-NOTES: 2 torch threads on a busy
+    # 2-core machine made a step 50x slower)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env.setdefault(var, "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str | None, progress: bool) -> int:
+    out_dir = Path(out)
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    sock_dir = None
+    if bind is None:
+        sock_dir = tempfile.mkdtemp(prefix="slhmc-")  # short path: ipc names are limited to ~100 bytes
+        bind = f"ipc://{sock_dir}/server.sock"
+    env = _env()
+    py = [sys.executable, "-m", "slhmc"]
+    server_cmd = [*py, "server", config_path, "--out", str(out_dir), "--bind", bind]
+    if resume:
+        server_cmd.append("--resume")
+    if not progress:
+        server_cmd.append("--no-progress")
+    server = subprocess.Popen(server_cmd, env=env)
+    slots = [("mlmd", 0), ("trainer", 0)] + [("dft", k) for k in range(config.workers.dft)]
+    workers: dict[tuple[str, int], subprocess.Popen] = {}
+    restarts = dict.fromkeys(slots, 0)
+
+    def start(slot: tuple[str, int]) -> None:
+        role, k = slot
+        log_file = open(logs / f"{role}-{k}.log", "a")
+        cmd = [*py, "worker", role, "--connect", bind, "--config", config_path, "--name", f"{role}-{k}"]
+        workers[slot] = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        log_file.close()
+
+    for slot in slots:
+        start(slot)
+    try:
+        while server.poll() is None:
+            time.sleep(0.2)
+            for slot, proc in list(workers.items()):
+                if proc.poll() is not None and server.poll() is None:
+                    if restarts[slot] >= MAX_RESTARTS:
+                        continue
+                    restarts[slot] += 1
+                    print(f"slhmc: worker {slot[0]}-{slot[1]} exited ({proc.returncode}); restarting it",
+                          file=sys.stderr)
+                    start(slot)
+    except KeyboardInterrupt:
+        print("slhmc: interrupted; stopping the server and workers", file=sys.stderr)
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    finally:
+        deadline = time.monotonic() + 5
+        for proc in workers.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+        for proc in workers.values():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if sock_dir:
+            shutil.rmtree(sock_dir, ignore_errors=True)
+    return server.returncode if server.returncode is not None else 130
