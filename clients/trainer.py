@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-
 from slhmc.potential.descriptors import DescriptorSpec
 from slhmc.potential.network import BPNN
 from slhmc.potential.serialization import model_to_bytes

@@ -117,14 +117,14 @@ class _Batch:
 
     @classmethod
     def of(cls, items: list[Featurized]) -> _Batch:
-        offsets = np.cumsum([0] + [len(it.species) for it in items])
+        offsets = np.cumsum([0] + [len(it.species) for it in items])[:-1]  # first atom of each structure
         return cls(
             torch.cat([it.species for it in items]),
             torch.cat([it.features for it in items]),
             torch.cat([torch.full((len(it.species),), k, dtype=torch.long) for k, it in enumerate(items)]),
             torch.tensor([len(it.species) for it in items], dtype=items[0].features.dtype),
-            torch.cat([it.jac_i + int(o) for it, o in zip(items, offsets)]),
-            torch.cat([it.jac_j + int(o) for it, o in zip(items, offsets)]),
+            torch.cat([it.jac_i + int(o) for it, o in zip(items, offsets, strict=True)]),
+            torch.cat([it.jac_j + int(o) for it, o in zip(items, offsets, strict=True)]),
             torch.cat([it.jac for it in items]),
             torch.tensor([it.energy for it in items], dtype=items[0].features.dtype),
             torch.cat([it.forces for it in items]),

@@ -81,7 +81,7 @@ def array_from_wire(obj: object, dtype: str, shape: tuple, name: str) -> np.ndar
         raise ProtocolError(f"{name}: dtype {wire_dtype!r} is not allowed")
     if not isinstance(wire_shape, list) or not all(isinstance(n, int) and n >= 0 for n in wire_shape):
         raise ProtocolError(f"{name}: bad shape {wire_shape!r}")
-    if len(wire_shape) != len(shape) or any(s is not None and s != n for s, n in zip(shape, wire_shape)):
+    if len(wire_shape) != len(shape) or any(s is not None and s != n for s, n in zip(shape, wire_shape, strict=True)):
         raise ProtocolError(f"{name}: shape {wire_shape} does not match {list(shape)}")
     if not isinstance(data, bytes):
         raise ProtocolError(f"{name}: data must be bytes")

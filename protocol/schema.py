@@ -119,7 +119,7 @@ def _check(value: object, spec: object, where: str, dims: dict) -> object:
     if isinstance(spec, Arr):
         shape = tuple(None if isinstance(s, str) else s for s in spec.shape)
         arr = array_from_wire(value, spec.dtype, shape, where)
-        for sym, n in zip(spec.shape, arr.shape):
+        for sym, n in zip(spec.shape, arr.shape, strict=True):
             if isinstance(sym, str) and dims.setdefault(sym, n) != n:
                 raise ProtocolError(f"{where}: dimension {sym}={n} disagrees with {dims[sym]}")
         return arr

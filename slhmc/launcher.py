@@ -67,7 +67,8 @@ def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str 
         while server.poll() is None:
             time.sleep(0.2)
             for slot, proc in list(workers.items()):
-                if proc.poll() is not None and server.poll() is None:
+                # exit 0 means the server told it to stop: the run is ending, nothing to restart
+                if proc.poll() is not None and proc.returncode != 0 and server.poll() is None:
                     if restarts[slot] >= MAX_RESTARTS:
                         continue
                     restarts[slot] += 1
