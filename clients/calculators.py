@@ -39,25 +39,30 @@ class CalculatorConfigError(ValueError):
     pass
 
 
-def make_calculator(name: str, options: dict) -> Calculator:
-    """A fresh calculator; errors say what to fix (unknown name, bad factory, wrong option)."""
+def resolve_factory(name: str) -> Callable[..., Calculator]:
+    """The factory behind a ``reference.calculator`` name: a builtin or an importable ``module:function``."""
     if name in BUILTIN:
-        factory = BUILTIN[name]
-    elif ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise CalculatorConfigError(
-                f"reference.calculator {name!r}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?"
-            ) from None
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise CalculatorConfigError(f"reference.calculator {name!r}: {module_name} has no callable {attr!r}")
-    else:
+        return BUILTIN[name]
+    if ":" not in name:
         raise CalculatorConfigError(
             f"reference.calculator {name!r} is unknown; use one of {sorted(BUILTIN)} or 'module:function'"
         )
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CalculatorConfigError(
+            f"reference.calculator {name!r}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?"
+        ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise CalculatorConfigError(f"reference.calculator {name!r}: {module_name} has no callable {attr!r}")
+    return factory
+
+
+def make_calculator(name: str, options: dict) -> Calculator:
+    """A fresh calculator; errors say what to fix (unknown name, bad factory, wrong option)."""
+    factory = resolve_factory(name)
     try:
         calc = factory(**options)
     except TypeError as err:

@@ -24,15 +24,25 @@ class DFTHandler:
         # a [reference] section from this machine's --config wins over the server's
         self.local_reference = local_reference
         self.calc = None
+        self.config_error: str | None = None
 
     def configure(self, config: dict) -> None:
         ref = self.local_reference or config["reference"]
-        self.calc = make_calculator(ref["calculator"], ref.get("options") or {})
+        self.calc = None
+        try:
+            self.calc = make_calculator(ref["calculator"], ref.get("options") or {})
+        except Exception as err:  # reported with every task, so the server's log says what to fix
+            self.config_error = f"{type(err).__name__}: {err}"
+            log.error("cannot set up the reference calculator: %s", self.config_error)
+            return
+        self.config_error = None
         log.info("reference calculator: %s", ref["calculator"])
 
     def handle(self, msg: dict) -> tuple[str, dict]:
         if msg["type"] != "label_task":
             raise ValueError(f"a dft worker does not handle {msg['type']}")
+        if self.calc is None:
+            raise ReferenceCalculationError(f"this worker has no reference calculator: {self.config_error}")
         atoms = Atoms(msg["numbers"], msg["positions"], cell=msg["cell"], pbc=msg["pbc"])
         atoms.calc = self.calc
         t0 = time.perf_counter()

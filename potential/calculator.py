@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from .network import BPNN
@@ -28,7 +29,7 @@ class BPNNCalculator(Calculator):
         self.results = {"energy": ev.energy, "free_energy": ev.energy, "forces": ev.forces}
         if want_stress:
             s = ev.stress
-            self.results["stress"] = [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
 
 def newest_model_file(run_dir: str | Path) -> Path:

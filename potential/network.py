@@ -122,7 +122,7 @@ class BPNN(nn.Module):
         pos = torch.tensor(positions, dtype=self.dtype, device=self.device, requires_grad=True)
         cell_t = torch.tensor(np.asarray(cell), dtype=self.dtype, device=self.device)
         pairs = self.pairs(positions, np.asarray(cell), pbc)
-        strain = torch.zeros(3, 3, dtype=self.dtype, device=self.device, requires_grad=stress)
+        strain = torch.zeros(3, 3, dtype=self.dtype, device=self.device, requires_grad=bool(stress))
         deform = torch.eye(3, dtype=self.dtype, device=self.device) + strain
         feats = self.features(species, pos @ deform, cell_t @ deform, pairs)
         energy = self.atomic_energies(feats, species).sum()

@@ -28,12 +28,12 @@ def _logging(level: int, log_file: Path | None = None, console_level: int | None
         root.addHandler(fh)
 
 
-def _load(path: str):
+def _load(path: str, local_reference: bool = False):
     from .config import ConfigError, check_inputs, load_config
 
     try:
         cfg = load_config(path)
-        check_inputs(cfg)
+        check_inputs(cfg, local_reference)
     except ConfigError as err:
         print(f"slhmc: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -50,7 +50,7 @@ def _sigterm_as_interrupt() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .launcher import run_all
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, local_reference=True)
     _logging(logging.INFO)
     return run_all(cfg, args.config, args.out, args.resume, args.bind, not args.no_progress)
 

@@ -129,8 +129,12 @@ def load_config(path: str | Path) -> Config:
     return from_dict(data, str(path), path.resolve().parent)
 
 
-def check_inputs(cfg: Config) -> None:
-    """Checks that need the file system: the start structure and the calculator name."""
+def check_inputs(cfg: Config, local_reference: bool = False) -> None:
+    """Checks that need the file system: the start structure and the calculator name.
+
+    ``local_reference``: the DFT workers run on this machine (``slhmc run``), so a
+    ``module:function`` factory must be importable here too.
+    """
     from ase.io import read
 
     path = cfg.structure_path
@@ -147,3 +151,10 @@ def check_inputs(cfg: Config) -> None:
         raise ConfigError(
             f"reference.calculator: {name!r} is unknown; use one of {sorted(BUILTIN)} or 'module:function'"
         )
+    if local_reference:
+        from slhmc.clients.calculators import CalculatorConfigError, resolve_factory
+
+        try:
+            resolve_factory(name)
+        except CalculatorConfigError as err:
+            raise ConfigError(str(err)) from None

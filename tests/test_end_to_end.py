@@ -1,0 +1,234 @@
+"""SLHMC end to end through real processes and real ZeroMQ sockets: ``slhmc run`` all in one, the
+server and workers started by hand over loopback TCP, and a DFT worker killed mid-task."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.io import read
+
+from slhmc.potential import load_calculator
+
+from .conftest import ROOT, TESTS
+
+SLHMC = [sys.executable, "-m", "slhmc"]
+
+
+def write_config(tmp_path: Path, trials: int = 30, dft: int = 1, calculator: str = "emt",
+                 options: str = "", timeout: float = 10.0, **training) -> Path:
+    train = {"bootstrap": 8, "interval": 12, "max_steps": 8, **training}
+    text = f"""
+[system]
+structure = "{ROOT / 'examples/cu32_emt/cu32.xyz'}"
+temperature = 300.0
+[reference]
+calculator = "{calculator}"
+{options}
+[hmc]
+trials = {trials}
+md_steps = 5
+timestep = 2.0
+seed = 11
+[potential]
+cutoff = 4.5
+hidden = [10, 10]
+[training]
+{chr(10).join(f"{k} = {v}" for k, v in train.items())}
+[workers]
+dft = {dft}
+heartbeat = 0.5
+timeout = {timeout}
+"""
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    e["PYTHONPATH"] = os.pathsep.join([str(TESTS), e.get("PYTHONPATH", "")])
+    return e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_trials(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
+
+
+def check_run(run: Path, trials: int, bootstrap: int) -> list[dict]:
+    """What every finished run must satisfy, whatever happened to its processes."""
+    records = read_trials(run)
+    assert [r["trial"] for r in records] == list(range(trials))  # each trial exactly once, in order
+    dataset = read(run / "dataset.extxyz", index=":")
+    assert len(dataset) == 1 + bootstrap + trials
+    assert [a.info["label_id"] for a in dataset] == list(range(len(dataset)))
+    # the energies the chain used are EMT's, recomputed here independently
+    for r in records[:: max(1, trials // 6)]:
+        atoms = dataset[r["label_id"]].copy()
+        atoms.calc = EMT()
+        # extxyz stores positions to 1e-8 Å, so agreement is to ~1e-8 eV, not to the last bit
+        assert atoms.get_potential_energy() == pytest.approx(r["e_ref"], abs=1e-6)
+        assert r["delta_h"] == pytest.approx(r["k_new"] + r["e_ref"] - r["k_old"] - r["e_ref_old"], abs=1e-9)
+    # the chain state follows the accept/reject record
+    e_chain = None
+    for r in records:
+        if e_chain is not None:
+            assert r["e_ref_old"] == pytest.approx(e_chain)
+        e_chain = r["e_chain"]
+        assert e_chain == (r["e_ref"] if r["accepted"] else r["e_ref_old"])
+    ckpt = json.loads((run / "checkpoint.json").read_text())
+    assert ckpt["trial"] == trials and ckpt["n_labels"] == len(dataset)
+    assert (run / "models" / "model_0000.safetensors").exists()
+    return records
+
+
+def test_slhmc_run_all_in_one(tmp_path):
+    config = write_config(tmp_path, trials=30)
+    run = tmp_path / "run"
+    proc = subprocess.run([*SLHMC, "run", str(config), "--out", str(run), "--no-progress"], env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "restarting" not in proc.stderr
+    records = check_run(run, trials=30, bootstrap=8)
+    assert sum(r["accepted"] for r in records) / 30 > 0.5  # a trained network proposes well
+    versions = sorted({r["model"] for r in records})
+    assert versions[0] == 0 and len(list((run / "models").glob("model_*.safetensors"))) >= 2
+    metrics = [json.loads(x) for x in (run / "models" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["validation"]["energy_rmse_mev_per_atom"] is not None for m in metrics)
+    chain = read(run / "chain.extxyz", index=":")
+    assert len(chain) == 30
+
+    # the trained network on its own, as users take it away
+    atoms = chain[-1].copy()
+    atoms.calc = load_calculator(run)
+    e_ml = atoms.get_potential_energy()
+    atoms.calc = EMT()
+    assert abs(e_ml - atoms.get_potential_energy()) / len(atoms) < 0.01  # eV/atom
+
+    out = subprocess.run([*SLHMC, "analyze", str(run)], env=env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["trials"] == 30
+
+
+def start_by_hand(config: Path, run: Path, address: str, dft_names: list[str]) -> tuple:
+    server = subprocess.Popen([*SLHMC, "server", str(config), "--out", str(run), "--bind", address, "--no-progress"],
+                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = {}
+    for role, name in [("mlmd", "mlmd-a"), ("trainer", "trainer-a")] + [("dft", n) for n in dft_names]:
+        workers[name] = subprocess.Popen([*SLHMC, "worker", role, "--connect", address, "--name", name],
+                                         env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return server, workers
+
+
+def stop_all(server: subprocess.Popen, workers: dict) -> None:
+    for proc in [server, *workers.values()]:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_server_and_workers_by_hand_over_tcp(tmp_path):
+    config = write_config(tmp_path, trials=15)
+    run = tmp_path / "run"
+    server, workers = start_by_hand(config, run, f"tcp://127.0.0.1:{free_port()}", ["dft-a"])
+    try:
+        _, err = server.communicate(timeout=600)
+        assert server.returncode == 0, err[-3000:]
+        for proc in workers.values():  # told to exit by the server: all exit cleanly
+            assert proc.wait(timeout=20) == 0
+    finally:
+        stop_all(server, workers)
+    check_run(run, trials=15, bootstrap=8)
+
+
+def wait_for(path: Path, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} did not appear in {path} within {timeout_s} s")
+
+
+def test_killed_dft_worker_task_is_requeued_and_nothing_is_lost(tmp_path):
+    """Two slow DFT workers label the bootstrap set; one is SIGKILLed while it holds a task. The
+    server must notice by heartbeat, hand the task to the other worker, and finish every trial
+    exactly once with no label lost."""
+    config = write_config(tmp_path, trials=8, dft=2, calculator="helpers:slow_emt",
+                          options="[reference.options]\ndelay_s = 0.6", timeout=2.0)
+    run = tmp_path / "run"
+    server, workers = start_by_hand(config, run, f"tcp://127.0.0.1:{free_port()}", ["dft-a", "dft-b"])
+    try:
+        log = run / "server.log"
+        wait_for(log, "(dft-a, pid", 60)
+        wait_for(log, "(dft-b, pid", 60)
+        wait_for(log, "bootstrap: labelling", 60)
+        time.sleep(0.3)  # both workers are inside a 0.6-s call now
+        workers["dft-a"].send_signal(signal.SIGKILL)
+        _, err = server.communicate(timeout=600)
+        assert server.returncode == 0, err[-3000:]
+        text = log.read_text()
+        assert "declared dead" in text and "re-queueing task" in text
+    finally:
+        stop_all(server, workers)
+    check_run(run, trials=8, bootstrap=8)
+
+
+def test_bad_config_is_refused_before_anything_starts(tmp_path):
+    config = write_config(tmp_path, calculator="no_such_module:factory")
+    proc = subprocess.run([*SLHMC, "run", str(config), "--out", str(tmp_path / "run")], env=env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no_such_module" in proc.stderr
+    assert not (tmp_path / "run" / "trials.jsonl").exists()
+
+
+def test_garbage_on_the_server_socket_is_answered_not_fatal(tmp_path):
+    """A port scanner or a confused client sends junk: the server logs it and keeps going."""
+    import zmq
+
+    config = write_config(tmp_path, trials=5)
+    run = tmp_path / "run"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    server = subprocess.Popen([*SLHMC, "server", str(config), "--out", str(run), "--bind", address, "--no-progress"],
+                              env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = {}
+    try:
+        wait_for(run / "server.log", "server on", 60)
+        ctx = zmq.Context.instance()
+        junk = ctx.socket(zmq.DEALER)
+        junk.setsockopt(zmq.LINGER, 0)
+        junk.connect(address)
+        for frame in [b"\x00\x01garbage", b"GET / HTTP/1.0\r\n\r\n", np.arange(10).tobytes()]:
+            junk.send(frame)
+        assert junk.poll(5000), "the server did not answer"
+        from slhmc.protocol import parse
+
+        assert parse(junk.recv())["type"] == "error"
+        junk.close()
+        raw_tcp = socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+        raw_tcp.sendall(b"\xff" * 64 + b"not zmq at all")
+        raw_tcp.close()
+        for role, name in [("mlmd", "m"), ("trainer", "t"), ("dft", "d")]:
+            workers[name] = subprocess.Popen([*SLHMC, "worker", role, "--connect", address, "--name", name],
+                                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, err = server.communicate(timeout=600)
+        assert server.returncode == 0, err[-3000:]
+    finally:
+        stop_all(server, workers)
+    check_run(run, trials=5, bootstrap=8)
