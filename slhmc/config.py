@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,7 +40,7 @@ class PotentialConfig(_Section):
     cutoff: float = Field(6.0, gt=1.5, description="Å, radial symmetry functions")
     angular_cutoff: float | None = Field(None, gt=0, description="Å, default min(cutoff, 4.5)")
     hidden: list[int] = Field(default_factory=lambda: [15, 15])
-    activation: str = "tanh"
+    activation: Literal["tanh", "silu", "softplus"] = "tanh"
 
     @field_validator("hidden")
     @classmethod

@@ -24,6 +24,7 @@ def test_example_config_loads_with_defaults():
         ({"hmc": {"tirals": 3}}, "hmc.tirals"),
         ({"system": {"temperature": 0}}, "system.temperature"),
         ({"potential": {"hidden": [15, 0]}}, "potential.hidden"),
+        ({"potential": {"activation": "relu"}}, "potential.activation"),
         ({"colour": {}}, "colour"),
     ],
 )
