@@ -101,7 +101,7 @@ class BPNN(nn.Module):
         self, species: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor, pairs: tuple
     ) -> torch.Tensor:
         i, j, shifts = pairs
-        vectors = positions[j] - positions[i] + shifts.to(positions.dtype) @ cell
+        vectors = positions.index_select(0, j) - positions.index_select(0, i) + shifts.to(positions.dtype) @ cell
         return symmetry_functions(self.spec, species, vectors, i, j)
 
     def pairs(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> tuple:
