@@ -12,7 +12,7 @@ import time
 import numpy as np
 from ase import units
 
-from slhmc.potential.network import BPNN
+from slhmc.potential.network import BPNN, resolve_device
 from slhmc.potential.serialization import model_from_bytes
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def velocity_verlet(
 class MLMDHandler:
     role = "mlmd"
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
+        self.device = resolve_device(device)
         self.models: dict[int, BPNN] = {}
 
     def configure(self, config: dict) -> None:
@@ -61,7 +62,7 @@ class MLMDHandler:
             raise ValueError(f"an mlmd worker does not handle {msg['type']}")
         version = msg["model_version"]
         if msg.get("model") is not None:
-            self.models = {version: model_from_bytes(msg["model"])[0]}  # keep only the newest
+            self.models = {version: model_from_bytes(msg["model"], self.device)[0]}  # keep only the newest
         if version not in self.models:
             raise RuntimeError(f"model {version} was not sent to this worker")
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from slhmc.potential.descriptors import DescriptorSpec
-from slhmc.potential.network import BPNN
+from slhmc.potential.network import BPNN, resolve_device
 from slhmc.potential.serialization import model_to_bytes
 from slhmc.potential.training import Featurized, FitSettings, Label, featurize, fit
 
@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 class TrainerHandler:
     role = "trainer"
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | None = None) -> None:
+        self.device = resolve_device(device)
         self.config: dict = {}
         self.labels: dict[int, Label] = {}
         self.featurized: dict[int, Featurized] = {}
@@ -41,7 +42,7 @@ class TrainerHandler:
         pot = self.config["potential"]
         elements = sorted({int(z) for i in label_ids for z in self.labels[i].numbers})
         spec = DescriptorSpec.default(elements, pot["cutoff"], pot.get("angular_cutoff"))
-        return BPNN(spec, tuple(pot["hidden"]), pot.get("activation", "tanh"))
+        return BPNN(spec, tuple(pot["hidden"]), pot.get("activation", "tanh")).to(self.device)
 
     def train(self, version: int, label_ids: list[int], warm_start: bool) -> dict:
         missing = [i for i in label_ids if i not in self.labels]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from .network import BPNN
+from .network import BPNN, resolve_device
 from .serialization import load_model
 
 
@@ -39,10 +39,13 @@ def newest_model_file(run_dir: str | Path) -> Path:
     return files[-1]
 
 
-def load_calculator(path: str | Path, device: str = "cpu") -> BPNNCalculator:
-    """An ASE calculator from a model file, or from a run directory (its newest model)."""
+def load_calculator(path: str | Path, device: str | None = None) -> BPNNCalculator:
+    """An ASE calculator from a model file, or from a run directory (its newest model).
+
+    ``device``: "cpu", "cuda", ...; by default the GPU when torch has one, else the CPU.
+    """
     path = Path(path)
     if path.is_dir():
         path = newest_model_file(path)
-    model, info = load_model(path, device)
+    model, info = load_model(path, resolve_device(device))
     return BPNNCalculator(model, info)

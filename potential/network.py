@@ -22,6 +22,13 @@ from .neighbors import neighbor_pairs
 ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` or "auto": the GPU when torch has one, else the CPU; otherwise as given."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def _mlp(n_in: int, hidden: tuple[int, ...], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in hidden:

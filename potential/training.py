@@ -77,8 +77,9 @@ def featurize(model: BPNN, label: Label) -> Featurized:
     """
     species = model.species_index(label.numbers)
     i, j, shifts = model.pairs(label.positions, label.cell, label.pbc)
-    pos = torch.tensor(label.positions, dtype=model.dtype)
-    cell = torch.tensor(label.cell, dtype=model.dtype)
+    dev = model.device
+    pos = torch.tensor(label.positions, dtype=model.dtype, device=dev)
+    cell = torch.tensor(label.cell, dtype=model.dtype, device=dev)
     vectors = (pos[j] - pos[i] + shifts.to(model.dtype) @ cell).requires_grad_(True)
     feats = symmetry_functions(model.spec, species, vectors, i, j)
     n, f = feats.shape
@@ -90,7 +91,8 @@ def featurize(model: BPNN, label: Label) -> Featurized:
     dG_dD = torch.stack(columns, dim=1)  # (P, F, 3)
     keys = torch.cat([i * n + j, i * n + i])
     unique, inverse = torch.unique(keys, return_inverse=True)
-    blocks = torch.zeros(len(unique), f, 3, dtype=model.dtype).index_add(0, inverse, torch.cat([dG_dD, -dG_dD]))
+    blocks = torch.zeros(len(unique), f, 3, dtype=model.dtype, device=dev)
+    blocks = blocks.index_add(0, inverse, torch.cat([dG_dD, -dG_dD]))
     return Featurized(
         label.label_id,
         species,
@@ -99,7 +101,7 @@ def featurize(model: BPNN, label: Label) -> Featurized:
         unique % n,
         blocks,
         float(label.energy),
-        torch.tensor(label.forces, dtype=model.dtype),
+        torch.tensor(label.forces, dtype=model.dtype, device=dev),
     )
 
 
@@ -117,16 +119,17 @@ class _Batch:
 
     @classmethod
     def of(cls, items: list[Featurized]) -> _Batch:
+        dtype, dev = items[0].features.dtype, items[0].features.device
         offsets = np.cumsum([0] + [len(it.species) for it in items])[:-1]  # first atom of each structure
         return cls(
             torch.cat([it.species for it in items]),
             torch.cat([it.features for it in items]),
-            torch.cat([torch.full((len(it.species),), k, dtype=torch.long) for k, it in enumerate(items)]),
-            torch.tensor([len(it.species) for it in items], dtype=items[0].features.dtype),
+            torch.cat([torch.full((len(it.species),), k, dtype=torch.long, device=dev) for k, it in enumerate(items)]),
+            torch.tensor([len(it.species) for it in items], dtype=dtype, device=dev),
             torch.cat([it.jac_i + int(o) for it, o in zip(items, offsets, strict=True)]),
             torch.cat([it.jac_j + int(o) for it, o in zip(items, offsets, strict=True)]),
             torch.cat([it.jac for it in items]),
-            torch.tensor([it.energy for it in items], dtype=items[0].features.dtype),
+            torch.tensor([it.energy for it in items], dtype=dtype, device=dev),
             torch.cat([it.forces for it in items]),
         )
 
@@ -180,10 +183,10 @@ def initialise_normalisation(model: BPNN, items: list[Featurized]) -> None:
                 model.feature_std[k] = sel.std(0, unbiased=False).clamp_min(1e-6) if len(sel) > 1 else 1.0
         counts = np.zeros((len(items), n_el))
         for s, it in enumerate(items):
-            counts[s] = np.bincount(it.species.numpy(), minlength=n_el)
+            counts[s] = np.bincount(it.species.cpu().numpy(), minlength=n_el)
         energies = np.array([it.energy for it in items])
         ref, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-        model.ref_energy.copy_(torch.tensor(ref, dtype=model.dtype))
+        model.ref_energy.copy_(torch.tensor(ref, dtype=model.dtype, device=model.device))
 
 
 def errors(model: BPNN, items: list[Featurized]) -> dict:

@@ -94,11 +94,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     elif args.role == "mlmd":
         from slhmc.clients.mlmd import MLMDHandler
 
-        handler = MLMDHandler()
+        handler = MLMDHandler(args.device)
     else:
         from slhmc.clients.trainer import TrainerHandler
 
-        handler = TrainerHandler()
+        handler = TrainerHandler(args.device)
     return serve(handler, args.connect, name=args.name, timeout_s=args.timeout)
 
 
@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", default=None, help="local config: its [reference] wins over the server's")
     worker.add_argument("--name", default=None)
     worker.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    worker.add_argument("--device", default="auto", help="torch device of mlmd/trainer: auto (GPU if any), cpu, cuda")
     worker.add_argument("--timeout", type=float, default=10.0, help="s of server silence before reconnecting")
     worker.set_defaults(func=cmd_worker)
 

@@ -134,3 +134,31 @@ def test_refuses_foreign_bytes_and_unknown_elements(model):
     with pytest.raises(ValueError, match="Z=26"):
         model.evaluate(np.array([26, 29]), np.zeros((2, 3)) + [[0, 0, 0], [2, 0, 0]], np.zeros((3, 3)),
                        np.zeros(3, bool))
+
+
+@pytest.mark.parametrize("reps", [(1, 1, 1), (1, 2, 1)])
+def test_symmetry_functions_equal_dscribe_acsf(cu_alloy, reps):
+    """G2/G4 against dscribe's ACSF (an independent C++ implementation) with the same parameters.
+
+    dscribe has one cutoff for all functions, so the angular cutoff is set equal to the radial one.
+    Its layout is, per element, [G1, G2...], then per element pair [G4...]; ours drops G1.
+    """
+    import torch
+    from dscribe.descriptors import ACSF
+
+    from slhmc.potential.descriptors import DescriptorSpec
+    from slhmc.potential.network import BPNN
+
+    atoms = cu_alloy.repeat(reps)
+    spec = DescriptorSpec.default([28, 29], cutoff=4.5, angular_cutoff=4.5, n_radial=5)
+    acsf = ACSF(r_cut=4.5, g2_params=[list(p) for p in spec.radial], g4_params=[list(p) for p in spec.angular],
+                species=[28, 29], periodic=True)
+    theirs = acsf.create(atoms)
+    n_rad = len(spec.radial)
+    g2_cu_ni = [theirs[:, 1 + e * (1 + n_rad) : (e + 1) * (1 + n_rad)] for e in range(2)]  # drop each G1
+    theirs = np.concatenate([*g2_cu_ni, theirs[:, 2 * (1 + n_rad) :]], 1)
+    m = BPNN(spec)
+    ours = m.features(m.species_index(atoms.numbers), torch.tensor(atoms.positions), torch.tensor(atoms.cell.array),
+                      m.pairs(atoms.positions, atoms.cell.array, atoms.pbc)).numpy()
+    assert ours.shape == theirs.shape and np.abs(ours).max() > 0.1
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10, atol=1e-12)
