@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 from ase import units
@@ -19,32 +20,40 @@ log = logging.getLogger(__name__)
 
 
 def velocity_verlet(
-    model: BPNN,
-    numbers: np.ndarray,
+    energy_forces: Callable[[np.ndarray], tuple[float, np.ndarray]],
     positions: np.ndarray,
     momenta: np.ndarray,
     masses: np.ndarray,
-    cell: np.ndarray,
-    pbc: np.ndarray,
     steps: int,
     timestep_fs: float,
 ) -> dict:
-    """Integrate ``steps`` steps; returns end positions and momenta, ML energies and H_ML drift (eV)."""
+    """Integrate ``steps`` steps with the forces of ``energy_forces(positions) -> (eV, eV/Å)``.
+
+    Returns end positions and momenta, the start and end potential energies and the drift of
+    H = E + K over the trajectory (eV).
+    """
     dt = timestep_fs * units.fs
     inv_m = 1.0 / masses[:, None]
     r, p = positions.copy(), momenta.copy()
-    ev = model.evaluate(numbers, r, cell, pbc)
-    e_start, forces = ev.energy, ev.forces
+    e_start, forces = energy_forces(r)
+    energy = e_start
     h_start = e_start + 0.5 * float(np.sum(p * p * inv_m))
     for _ in range(steps):
         p = p + 0.5 * dt * forces
         r = r + dt * p * inv_m
-        ev = model.evaluate(numbers, r, cell, pbc)
-        forces = ev.forces
+        energy, forces = energy_forces(r)
         p = p + 0.5 * dt * forces
-    h_end = ev.energy + 0.5 * float(np.sum(p * p * inv_m))
-    return {"positions": r, "momenta": p, "e_ml_start": e_start, "e_ml_end": ev.energy,
+    h_end = energy + 0.5 * float(np.sum(p * p * inv_m))
+    return {"positions": r, "momenta": p, "e_ml_start": e_start, "e_ml_end": energy,
             "h_ml_drift": h_end - h_start}
+
+
+def model_forces(model: BPNN, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Callable:
+    def energy_forces(positions: np.ndarray) -> tuple[float, np.ndarray]:
+        ev = model.evaluate(numbers, positions, cell, pbc)
+        return ev.energy, ev.forces
+
+    return energy_forces
 
 
 class MLMDHandler:
@@ -66,6 +75,7 @@ class MLMDHandler:
         if version not in self.models:
             raise RuntimeError(f"model {version} was not sent to this worker")
         t0 = time.perf_counter()
-        out = velocity_verlet(self.models[version], msg["numbers"], msg["positions"], msg["momenta"],
-                              msg["masses"], msg["cell"], msg["pbc"], msg["steps"], msg["timestep_fs"])
+        forces = model_forces(self.models[version], msg["numbers"], msg["cell"], msg["pbc"])
+        out = velocity_verlet(forces, msg["positions"], msg["momenta"], msg["masses"], msg["steps"],
+                              msg["timestep_fs"])
         return "md_result", {**out, "model_version": version, "seconds": time.perf_counter() - t0}

@@ -1,62 +1,261 @@
-"""``slhmc analyze DIR``: acceptance and model error of a run, from its outputs (also while it runs)."""
+"""``slhmc analyze DIR``: what a run sampled and how efficiently, from its outputs (also while it runs).
+
+Reads ``trials.jsonl`` (a half-written last line is ignored), ``chain.extxyz`` and
+``dataset.extxyz``; writes ``summary.json`` and PNG plots into DIR and prints a short table:
+
+- acceptance overall, per model version and over a sliding window;
+- ⟨E_pot⟩ per atom with its error bar and the integrated autocorrelation time (slhmc.statistics);
+- effective samples per reference (DFT) call;
+- ML-vs-reference energy error of the proposals per model version (meV/atom);
+- radial distribution function per element pair and mean square displacement of the chain.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+from itertools import combinations_with_replacement
 from pathlib import Path
+
+import numpy as np
+from ase.data import chemical_symbols
+from ase.io import iread
+
+from slhmc.potential.neighbors import neighbor_pairs
+from slhmc.statistics import estimate
+
+log = logging.getLogger(__name__)
+
+WINDOW = 50  # trials in the sliding acceptance window
 
 
 def read_trials(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "trials.jsonl"
     trials = []
+    if not path.exists():
+        return trials
     for line in path.read_text().splitlines():
         try:
             trials.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written right now
+        except json.JSONDecodeError:  # the line being written right now
             break
     return trials
 
 
-def summarize(trials: list[dict]) -> dict:
-    """Acceptance (overall, last half, per model) and the ML-vs-reference error of proposals."""
-    n = len(trials)
-    half = trials[n // 2 :]
-    per_model: dict[int, dict] = {}
+def read_frames(path: Path, limit: int | None = None) -> list:
+    """Complete frames of an extxyz file that may be being appended to."""
+    frames = []
+    if not path.exists():
+        return frames
+    try:
+        for atoms in iread(path, index=":"):
+            frames.append(atoms)
+            if limit is not None and len(frames) >= limit:
+                break
+    except Exception:  # a frame cut short by a running writer: keep what came before
+        pass
+    return frames
+
+
+def sliding_acceptance(accepted: np.ndarray, window: int = WINDOW) -> np.ndarray:
+    if len(accepted) < window:
+        return np.cumsum(accepted) / np.arange(1, len(accepted) + 1)
+    return np.convolve(accepted, np.ones(window) / window, mode="valid")
+
+
+def per_model(trials: list[dict]) -> dict[str, dict]:
+    groups: dict[int, list[dict]] = {}
     for t in trials:
-        m = per_model.setdefault(t["model"], {"trials": 0, "accepted": 0, "sq_err": 0.0})
-        m["trials"] += 1
-        m["accepted"] += bool(t["accepted"])
-        m["sq_err"] += ((t["e_ref"] - t["e_ml"]) / t["n_atoms"]) ** 2
-    models = {
-        str(v): {
-            "trials": m["trials"],
-            "acceptance": m["accepted"] / m["trials"],
-            "ml_error_rms_mev_per_atom": 1e3 * math.sqrt(m["sq_err"] / m["trials"]),
+        groups.setdefault(t["model"], []).append(t)
+    out = {}
+    for version, ts in sorted(groups.items()):
+        err = np.array([(t["e_ref"] - t["e_ml"]) / t["n_atoms"] for t in ts])
+        out[str(version)] = {
+            "trials": len(ts),
+            "acceptance": float(np.mean([t["accepted"] for t in ts])),
+            "ml_error_rms_mev_per_atom": 1e3 * float(np.sqrt(np.mean(err**2))),
+            # the offset of E_ML cancels in the dynamics; the spread is what drives acceptance
+            "ml_error_std_mev_per_atom": 1e3 * float(np.std(err)),
         }
-        for v, m in sorted(per_model.items())
-    }
-    e_chain = [t["e_chain"] / t["n_atoms"] for t in trials]
-    return {
+    return out
+
+
+def rdf(frames: list, r_max: float = 6.0, bins: int = 120) -> dict[str, dict]:
+    """g(r) per element pair, averaged over frames; images counted for any cell (vesin pairs).
+
+    Non-periodic structures have no volume to normalise by: there the pair-distance histogram
+    is returned normalised to unit area instead (``kind`` says which).
+    """
+    if not frames:
+        return {}
+    edges = np.linspace(0.0, r_max, bins + 1)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    shell = 4.0 / 3.0 * math.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    elements = sorted(set(frames[0].numbers))
+    periodic = bool(frames[0].pbc.all())
+    counts = {pair: np.zeros(bins) for pair in combinations_with_replacement(elements, 2)}
+    norm = dict.fromkeys(counts, 0.0)
+    for atoms in frames:
+        i, j, S = neighbor_pairs(atoms.positions, atoms.cell.array, atoms.pbc, r_max)
+        d = np.linalg.norm(atoms.positions[j] - atoms.positions[i] + S @ atoms.cell.array, axis=1)
+        zi, zj = atoms.numbers[i], atoms.numbers[j]
+        volume = atoms.get_volume() if periodic else 1.0
+        for a, b in counts:
+            sel = (zi == a) & (zj == b)
+            counts[(a, b)] += np.histogram(d[sel], edges)[0]
+            n_a, n_b = np.sum(atoms.numbers == a), np.sum(atoms.numbers == b)
+            norm[(a, b)] += n_a * n_b / volume if periodic else 1.0
+    out = {}
+    for (a, b), c in counts.items():
+        if periodic:
+            g = c / (norm[(a, b)] * shell)
+        else:
+            g = c / max(c.sum() * (edges[1] - edges[0]), 1e-300)
+        out[f"{chemical_symbols[a]}-{chemical_symbols[b]}"] = {"r": centres.tolist(), "g": g.tolist()}
+    return {"kind": "g(r)" if periodic else "pair-distance density (1/Å)", "pairs": out}
+
+
+def msd(frames: list) -> np.ndarray:
+    """Mean square displacement (Å²) of the chain states from the first one, centre-of-mass drift
+    removed (HMC momenta move the centre of mass too, which says nothing about the structure)."""
+    if not frames:
+        return np.zeros(0)
+    masses = frames[0].get_masses()
+    r0 = frames[0].positions
+    out = []
+    for atoms in frames:
+        d = atoms.positions - r0
+        d -= (masses[:, None] * d).sum(0) / masses.sum()
+        out.append(float(np.mean(np.sum(d * d, axis=1))))
+    return np.array(out)
+
+
+def summarize(trials: list[dict], n_reference_calls: int | None = None) -> dict:
+    n = len(trials)
+    accepted = np.array([bool(t["accepted"]) for t in trials], dtype=float)
+    e_chain = np.array([t["e_chain"] / t["n_atoms"] for t in trials])
+    burn = n // 10  # the first tenth is discarded as equilibration
+    e = estimate(e_chain[burn:]) if n - burn > 1 else None
+    half = accepted[n // 2 :]
+    summary = {
         "trials": n,
-        "acceptance": sum(t["accepted"] for t in trials) / n if n else None,
-        "acceptance_last_half": sum(t["accepted"] for t in half) / len(half) if half else None,
-        "mean_e_chain_eV_per_atom": sum(e_chain) / n if n else None,
-        "models": models,
+        "acceptance": float(accepted.mean()) if n else None,
+        "acceptance_last_half": float(half.mean()) if len(half) else None,
+        "acceptance_window": WINDOW,
+        "e_pot_eV_per_atom": None if e is None else {
+            "mean": e.mean, "error": e.error, "tau_trials": e.tau, "n_effective": e.n_effective,
+            "discarded_trials": burn,
+        },
+        "reference_calls": n_reference_calls,
+        "effective_samples_per_reference_call": (
+            e.n_effective / n_reference_calls if e is not None and n_reference_calls else None
+        ),
+        "models": per_model(trials),
         "wall_seconds": trials[-1].get("wall_seconds") if trials else None,
+        "dft_seconds_mean": float(np.mean([t["dft_seconds"] for t in trials])) if n else None,
+        "mlmd_seconds_mean": float(np.mean([t["mlmd_seconds"] for t in trials])) if n else None,
     }
+    return summary
 
 
-def analyze(run_dir: str | Path) -> int:
+def plot(run_dir: Path, trials: list[dict], summary: dict, rdf_data: dict, msd_data: np.ndarray) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    idx = np.array([t["trial"] for t in trials])
+    accepted = np.array([bool(t["accepted"]) for t in trials], dtype=float)
+    models = np.array([t["model"] for t in trials])
+    changes = idx[1:][np.diff(models) != 0]
+
+    def finish(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(run_dir / name, dpi=120)
+        plt.close(fig)
+        written.append(name)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    window = sliding_acceptance(accepted)
+    ax.plot(idx[len(idx) - len(window):], window, label=f"sliding window of {WINDOW} trials")
+    ax.axhline(accepted.mean(), color="gray", ls="--", label=f"overall {accepted.mean():.3f}")
+    for k, c in enumerate(changes):
+        ax.axvline(c, color="C3", lw=0.6, alpha=0.6, label="new model version" if k == 0 else None)
+    ax.set(xlabel="trial", ylabel="acceptance", ylim=(-0.02, 1.02), title="Acceptance")
+    ax.legend(loc="lower right", fontsize=8)
+    finish(fig, "acceptance.png")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    per_atom = np.array([t["n_atoms"] for t in trials])
+    ax.plot(idx, np.array([t["e_ref"] for t in trials]) / per_atom, ".", ms=2, alpha=0.4, label="proposals (reference)")
+    ax.plot(idx, np.array([t["e_chain"] for t in trials]) / per_atom, lw=1, label="chain state")
+    e = summary["e_pot_eV_per_atom"]
+    if e:
+        ax.axhline(e["mean"], color="k", ls="--", lw=0.8, label=f"⟨E⟩ = {e['mean']:.5f} ± {e['error']:.5f}")
+    ax.set(xlabel="trial", ylabel="reference energy (eV/atom)", title="Potential energy")
+    ax.legend(fontsize=8)
+    finish(fig, "energy.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    versions = [int(v) for v in summary["models"]]
+    ax.plot(versions, [m["ml_error_rms_mev_per_atom"] for m in summary["models"].values()], "o-", label="rms")
+    ax.plot(versions, [m["ml_error_std_mev_per_atom"] for m in summary["models"].values()], "s--",
+            label="std (offset removed)")
+    ax.set_yscale("log")
+    ax.set(xlabel="model version", ylabel="|E_ref − E_ML| (meV/atom)", title="ML error of the proposals")
+    ax.set_xticks(versions)
+    ax.legend(fontsize=8)
+    finish(fig, "ml_error.png")
+
+    if rdf_data:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for pair, d in rdf_data["pairs"].items():
+            ax.plot(d["r"], d["g"], label=pair)
+        ax.set(xlabel="r (Å)", ylabel=rdf_data["kind"], title="Radial distribution of the chain")
+        ax.legend(fontsize=8)
+        finish(fig, "rdf.png")
+
+    if len(msd_data):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        stride = max(1, len(trials) // max(len(msd_data), 1))
+        ax.plot(np.arange(len(msd_data)) * stride, msd_data)
+        ax.set(xlabel="trial", ylabel="MSD (Å²)", title="Mean square displacement of the chain")
+        finish(fig, "msd.png")
+    return written
+
+
+def analyze(run_dir: str | Path, plots: bool = True) -> int:
+    run_dir = Path(run_dir)
     trials = read_trials(run_dir)
     if not trials:
-        print(f"no finished trials in {run_dir}")
+        print(f"no finished trials in {run_dir} yet")
         return 1
-    summary = summarize(trials)
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{summary['trials']} trials, acceptance {summary['acceptance']:.3f} "
-          f"(last half {summary['acceptance_last_half']:.3f}), wall {summary['wall_seconds']} s")
-    print(f"{'model':>5} {'trials':>6} {'accept':>7} {'|E_ref-E_ML| rms (meV/atom)':>28}")
+    dataset = read_frames(run_dir / "dataset.extxyz")
+    chain = read_frames(run_dir / "chain.extxyz")
+    summary = summarize(trials, len(dataset) or None)
+    equilibrated = chain[len(chain) // 10 :]
+    step = max(1, len(equilibrated) // 200)  # ~200 frames are plenty for g(r)
+    rdf_data = rdf(equilibrated[::step])
+    msd_data = msd(chain)
+    summary["msd_final_A2"] = float(msd_data[-1]) if len(msd_data) else None
+    summary["plots"] = plot(run_dir, trials, summary, rdf_data, msd_data) if plots else []
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "rdf.json").write_text(json.dumps(rdf_data))
+
+    e = summary["e_pot_eV_per_atom"]
+    print(f"{run_dir}: {summary['trials']} trials, acceptance {summary['acceptance']:.3f} "
+          f"(last half {summary['acceptance_last_half']:.3f}), {summary['reference_calls']} reference calls, "
+          f"wall {summary['wall_seconds']} s")
+    if e:
+        print(f"<E_pot> = {e['mean']:.6f} ± {e['error']:.6f} eV/atom, tau {e['tau_trials']:.1f} trials, "
+              f"{e['n_effective']:.0f} effective samples, "
+              f"{summary['effective_samples_per_reference_call']:.3f} per reference call")
+    print(f"{'model':>5} {'trials':>6} {'accept':>7} {'rms |E_ref-E_ML|':>17} {'std':>9}  (meV/atom)")
     for v, m in summary["models"].items():
-        print(f"{v:>5} {m['trials']:>6} {m['acceptance']:>7.3f} {m['ml_error_rms_mev_per_atom']:>28.3f}")
+        print(f"{v:>5} {m['trials']:>6} {m['acceptance']:>7.3f} {m['ml_error_rms_mev_per_atom']:>17.3f} "
+              f"{m['ml_error_std_mev_per_atom']:>9.3f}")
+    if summary["plots"]:
+        print("plots: " + ", ".join(str(run_dir / p) for p in summary["plots"]))
     return 0

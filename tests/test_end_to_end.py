@@ -123,7 +123,14 @@ def test_slhmc_run_all_in_one(tmp_path):
     out = subprocess.run([*SLHMC, "analyze", str(run)], env=env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["trials"] == 30
+    assert summary["trials"] == 30 and summary["reference_calls"] == 39
+    assert summary["e_pot_eV_per_atom"]["error"] > 0 and summary["effective_samples_per_reference_call"] > 0
+    assert set(summary["models"]) == {str(v) for v in versions}
+    for name in ("acceptance.png", "energy.png", "ml_error.png", "rdf.png", "msd.png"):
+        assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    g = json.loads((run / "rdf.json").read_text())["pairs"]["Cu-Cu"]
+    r_peak = g["r"][int(np.argmax(g["g"]))]
+    assert abs(r_peak - 3.61 / np.sqrt(2)) < 0.15  # fcc nearest-neighbour distance
 
 
 def start_by_hand(config: Path, run: Path, address: str, dft_names: list[str]) -> tuple:
