@@ -5,8 +5,10 @@ sqrt(var · τ / N), so the reference calls needed for a target error are N = va
 every MD step is one reference call, every SLHMC trial is one. The ratio of the two N at equal
 target error is the figure of merit; it does not depend on the target.
 
-- AIMD: ASE's Langevin and Bussi thermostats with the reference forces, 4 fs steps (generous for
-  Cu: 2 fs is the usual DFT-MD choice), after 1 ps of equilibration.
+- AIMD: ASE's Langevin thermostat (friction 0.01/fs) with the reference forces, 4 fs steps
+  (generous for Cu: 2 fs is the usual DFT-MD choice), after 1 ps of equilibration. (ASE's Bussi
+  thermostat was tried too; its <E_pot> came out ~10% below Langevin's and exact HMC's, about
+  10 error bars, so it is left out rather than trusted.)
 - SLHMC: the algorithm of the server (same chain functions, same integrator) run in one process
   with the trained, frozen network of a finished run (default: the README example's), so that
   only proposals and acceptance are timed, not sockets. The labels that trained the network are
@@ -26,7 +28,6 @@ import numpy as np
 from ase import units
 from ase.calculators.emt import EMT
 from ase.io import read
-from ase.md.bussi import Bussi
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
@@ -38,16 +39,13 @@ from slhmc.validation import plain_hmc
 ROOT = Path(__file__).parents[1]
 
 
-def aimd(start, temperature_K: float, steps: int, thermostat: str, timestep_fs: float = 4.0) -> np.ndarray:
+def aimd(start, temperature_K: float, steps: int, timestep_fs: float = 4.0) -> np.ndarray:
     atoms = start.copy()
     atoms.calc = EMT()
     rng = np.random.default_rng(1)
     thermalize_momenta(atoms, temperature_K, rng=rng)
-    if thermostat == "langevin":
-        md = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs,
-                      fixcm=False, rng=rng)
-    else:
-        md = Bussi(atoms, timestep_fs * units.fs, temperature_K=temperature_K, taut=100 * units.fs, rng=rng)
+    md = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature_K, friction=0.01 / units.fs,
+                  fixcm=False, rng=rng)
     md.run(int(1000 / timestep_fs))
     energies = []
     md.attach(lambda: energies.append(atoms.get_potential_energy()), interval=1)
@@ -83,13 +81,12 @@ def main() -> None:
     print(f"{'method':<28} {'accept':>6} {'<E_pot> (eV/atom)':>22} {'tau':>7} {'calls for target':>17} "
           f"{'+ training':>11}")
     rows = {}
-    for thermostat in ("langevin", "bussi"):
-        e = aimd(start, T, args.aimd_steps, thermostat)
-        tau, var, calls = calls_for(e, target)
-        est = estimate(e)
-        rows[f"AIMD {thermostat}"] = calls
-        print(f"{'AIMD ' + thermostat + ' 4 fs':<28} {'-':>6} {est.mean:>12.6f} ± {est.error:.6f} {tau:>7.1f} "
-              f"{calls:>17.0f} {calls:>11.0f}")
+    e = aimd(start, T, args.aimd_steps)
+    tau, var, calls = calls_for(e, target)
+    est = estimate(e)
+    rows["AIMD Langevin"] = calls
+    print(f"{'AIMD Langevin, 4 fs':<28} {'-':>6} {est.mean:>12.6f} ± {est.error:.6f} {tau:>7.1f} "
+          f"{calls:>17.0f} {calls:>11.0f}")
 
     best = None
     for steps, dt in [(5, 2.0), (10, 2.0), (20, 2.0), (10, 4.0), (20, 4.0), (40, 4.0), (20, 6.0)]:
@@ -105,8 +102,8 @@ def main() -> None:
               f"{calls + n_training:>11.0f}")
         if best is None or calls < rows[best]:
             best = name
-    aimd_best = min((k for k in rows if k.startswith("AIMD")), key=rows.get)
-    print(f"\nbest AIMD ({aimd_best}) needs {rows[aimd_best] / rows[best]:.1f}x the reference calls of the best "
+    aimd_best = "AIMD Langevin"
+    print(f"\nAIMD needs {rows[aimd_best] / rows[best]:.1f}x the reference calls of the best "
           f"SLHMC ({best}) for the same error bar; {rows[aimd_best] / (rows[best] + n_training):.1f}x with "
           f"SLHMC's {n_training} training labels counted")
 

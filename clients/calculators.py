@@ -7,32 +7,25 @@ arguments and returns an ASE calculator. Built-ins take the options as construct
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Callable
 
 from ase.calculators.calculator import Calculator
 
-
-def _emt(**options) -> Calculator:
-    from ase.calculators.emt import EMT
-
-    return EMT(**options)
-
-
-def _lj(**options) -> Calculator:
-    from ase.calculators.lj import LennardJones
-
-    return LennardJones(**options)
-
-
-def _morse(**options) -> Calculator:
-    from ase.calculators.morse import MorsePotential
-
-    return MorsePotential(**options)
-
-
-BUILTIN: dict[str, Callable[..., Calculator]] = {"emt": _emt, "lj": _lj, "morse": _morse}
+# name -> (module, class, default options). Imported only when used: a DFT worker for PySCF does
+# not need tblite installed, and the server needs none of them.
+BUILTIN: dict[str, tuple[str, str, dict]] = {
+    # ASE's effective-medium theory (Al, Cu, Ag, Au, Ni, Pd, Pt): a fast stand-in for DFT
+    "emt": ("ase.calculators.emt", "EMT", {}),
+    "lj": ("ase.calculators.lj", "LennardJones", {}),
+    "morse": ("ase.calculators.morse", "MorsePotential", {}),
+    # Kohn-Sham DFT, molecules and periodic cells (pip install pyscf)
+    "pyscf": ("slhmc.clients.pyscf_calculator", "PySCFCalculator", {}),
+    # GFN1/GFN2-xTB: a semi-empirical quantum reference, not DFT (pip install tblite)
+    "tblite": ("tblite.ase", "TBLite", {"method": "GFN2-xTB", "verbosity": 0}),
+}
 
 
 class CalculatorConfigError(ValueError):
@@ -42,7 +35,15 @@ class CalculatorConfigError(ValueError):
 def resolve_factory(name: str) -> Callable[..., Calculator]:
     """The factory behind a ``reference.calculator`` name: a builtin or an importable ``module:function``."""
     if name in BUILTIN:
-        return BUILTIN[name]
+        module_name, attr, defaults = BUILTIN[name]
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except ImportError as err:
+            raise CalculatorConfigError(
+                f"reference.calculator {name!r} needs {module_name.split('.')[0]!r}, which does not import here "
+                f"({err}); install it on this DFT worker's machine"
+            ) from None
+        return functools.partial(cls, **defaults) if defaults else cls
     if ":" not in name:
         raise CalculatorConfigError(
             f"reference.calculator {name!r} is unknown; use one of {sorted(BUILTIN)} or 'module:function'"

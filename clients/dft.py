@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 
 from .calculators import make_calculator
 
@@ -15,6 +16,20 @@ log = logging.getLogger(__name__)
 
 class ReferenceCalculationError(RuntimeError):
     """A reference calculation that gave no usable answer."""
+
+
+def reference_energy(atoms: Atoms) -> float:
+    """The energy whose negative gradient the forces are.
+
+    With electronic smearing, codes report an energy extrapolated to zero smearing but compute
+    forces as gradients of the Mermin free energy; ASE calls the latter ``free_energy``. The chain
+    and the training set must use the force-consistent one, or the HMC test and the network's
+    energy/force fit would disagree. Without smearing the two are the same number.
+    """
+    try:
+        return float(atoms.get_potential_energy(force_consistent=True))
+    except PropertyNotImplementedError:
+        return float(atoms.get_potential_energy())
 
 
 class DFTHandler:
@@ -46,8 +61,9 @@ class DFTHandler:
         atoms = Atoms(msg["numbers"], msg["positions"], cell=msg["cell"], pbc=msg["pbc"])
         atoms.calc = self.calc
         t0 = time.perf_counter()
-        energy = float(atoms.get_potential_energy())
+        # forces first: calculators that compute both in one run then answer the energy from cache
         forces = np.asarray(atoms.get_forces(), dtype=np.float64)
+        energy = reference_energy(atoms)
         seconds = time.perf_counter() - t0
         if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
             raise ReferenceCalculationError(f"reference returned a non-finite energy ({energy}) or forces")
