@@ -43,7 +43,7 @@ class DFTHandler:
 
     def configure(self, config: dict) -> None:
         ref = self.local_reference or config["reference"]
-        self.calc = None
+        self.close()  # a new server: a persistent client of the old one is not reused
         try:
             self.calc = make_calculator(ref["calculator"], ref.get("options") or {})
         except Exception as err:  # reported with every task, so the server's log says what to fix
@@ -52,6 +52,15 @@ class DFTHandler:
             return
         self.config_error = None
         log.info("reference calculator: %s", ref["calculator"])
+
+    def close(self) -> None:
+        """Stop what the calculator keeps running (a socket client, a code's shell)."""
+        calc, self.calc = self.calc, None
+        if calc is not None and hasattr(calc, "close"):
+            try:
+                calc.close()
+            except Exception as err:  # shutting down: report, do not mask the real exit reason
+                log.warning("closing the reference calculator: %s", err)
 
     def handle(self, msg: dict) -> tuple[str, dict]:
         if msg["type"] != "label_task":

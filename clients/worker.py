@@ -33,6 +33,8 @@ class Handler(Protocol):
     def handle(self, message: dict) -> tuple[str, dict] | None:
         """A task or data message -> (result type, fields), or None when nothing is owed."""
 
+    # optional: ``close()``, called once when the worker exits (stop a DFT code's client, ...)
+
 
 def serve(
     handler: Handler,
@@ -155,5 +157,7 @@ def serve(
             pass
         sock.close(0)
         executor.shutdown(wait=False, cancel_futures=True)
+        if hasattr(handler, "close"):
+            handler.close()
         os.close(wake_r)
         os.close(wake_w)

@@ -108,6 +108,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return analyze(args.dir)
 
 
+def cmd_codes(args: argparse.Namespace) -> int:
+    from slhmc.clients.calculators import BUILTIN, code_status
+
+    for name in BUILTIN:
+        ok, detail = code_status(name)
+        print(f"{name:<9} {'usable' if ok else 'missing':<8} {detail}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slhmc", description="Self-learning hybrid Monte Carlo")
     p.add_argument("--version", action="version", version=f"slhmc {__version__}")
@@ -142,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="acceptance, energies and model errors of a run")
     analyze.add_argument("dir")
     analyze.set_defaults(func=cmd_analyze)
+    codes = sub.add_parser("codes", help="which reference calculators (DFT codes) work on this machine")
+    codes.set_defaults(func=cmd_codes)
     return p
 
 

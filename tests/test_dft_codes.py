@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,118 @@ def test_short_slhmc_chain_with_pyscf_dft(tmp_path):
     assert all(abs(t["e_ref"] - trials[0]["e_ref"]) < 1.0 for t in trials)  # eV: one molecule, near minimum
     assert trials[0]["e_ref"] < -2000  # eV: a real all-electron water energy (about -2076 eV at PBE)
     assert np.mean([t["accepted"] for t in trials]) > 0.3
+
+
+def test_socket_bridge_with_ipi_python_driver(tmp_path):
+    """The i-PI bridge against i-PI's own Python driver (pip ipi), a client nobody here wrote:
+    its harmonic mode has E = k/2 Σ x² and F = -k x in atomic units."""
+    import os
+    import shutil
+
+    from ase import Atoms, units
+
+    # installed with the test extra (pip ipi), next to this interpreter
+    driver = shutil.which("i-pi-py_driver", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                                  os.environ.get("PATH", "")]))
+    assert driver, "i-pi-py_driver not found: pip install ipi (the test extra has it)"
+    k = 0.05  # Hartree/Bohr²
+    calc = make_calculator("socket", {"client": f"{driver} -u -a {{unixsocket}} -m harmonic -o {k}",
+                                      "unixsocket": f"slhmc-test-{os.getpid()}", "timeout": 60})
+    try:
+        atoms = Atoms("H2O", positions=[[0.1, 0.0, 0.2], [0.9, 0.3, -0.1], [-0.4, 0.7, 0.0]],
+                      cell=[10, 10, 10], pbc=True)
+        pids = []
+        for shift in (0.0, 0.05, -0.03):
+            a = atoms.copy()
+            a.positions += shift
+            a.calc = calc
+            forces = a.get_forces()
+            x_bohr = a.positions / units.Bohr
+            assert a.get_potential_energy() == pytest.approx(0.5 * k * np.sum(x_bohr**2) * units.Hartree, rel=1e-9)
+            np.testing.assert_allclose(forces, -k * x_bohr * units.Hartree / units.Bohr, rtol=1e-9)
+            pids.append(calc.proc.pid)
+        assert len(set(pids)) == 1  # one client for all calls: it stays alive
+        proc = calc.proc
+    finally:
+        calc.close()
+    assert proc.poll() is not None  # EXIT was sent: the driver is gone, not spinning
+
+
+def si2():
+    from ase.build import bulk
+
+    a = bulk("Si", "diamond", a=5.43)
+    a.positions[1] += [0.04, -0.02, 0.03]
+    return a
+
+
+ESPRESSO = {"pseudopotentials": {"Si": "Si.pz-vbc.UPF"}, "kpts": [2, 2, 2],
+            "input_data": {"system": {"ecutwfc": 12.0}, "electrons": {"conv_thr": 1e-9}}}
+
+
+def test_espresso_fresh_and_through_the_socket_agree():
+    import shutil
+
+    if shutil.which("pw.x") is None:
+        pytest.skip("pw.x not installed (run_scripts/install_dft_codes.sh)")
+    fresh = si2()
+    fresh.calc = make_calculator("espresso", ESPRESSO)
+    f_fresh = fresh.get_forces()
+    bridge = make_calculator("socket", {"client": "pw.x -in {input} --ipi {unixsocket}:UNIX", "code": "espresso",
+                                        "espresso": ESPRESSO, "timeout": 120})
+    try:
+        for k in range(2):  # the second call goes to the same, warm pw.x
+            sock = si2()
+            sock.calc = bridge
+            f_sock = sock.get_forces()
+            assert sock.get_potential_energy() == pytest.approx(fresh.get_potential_energy(), abs=1e-4)
+            np.testing.assert_allclose(f_sock, f_fresh, atol=2e-3)
+        assert np.abs(f_fresh).max() > 0.1
+    finally:
+        bridge.close()
+
+
+def test_espresso_errors_say_what_to_fix():
+    import shutil
+
+    from slhmc.clients.calculators import CalculatorConfigError
+
+    if shutil.which("pw.x") is None:
+        with pytest.raises(CalculatorConfigError, match="not on PATH"):
+            make_calculator("espresso", ESPRESSO)
+        return
+    with pytest.raises(CalculatorConfigError, match="Si.nope.UPF.*not found"):
+        make_calculator("espresso", {**ESPRESSO, "pseudopotentials": {"Si": "Si.nope.UPF"}})
+    with pytest.raises(CalculatorConfigError, match="not on PATH"):
+        make_calculator("espresso", {**ESPRESSO, "command": "pw-nowhere.x"})
+
+
+def test_cp2k_shell_stays_alive_and_forces_are_gradients():
+    import shutil
+
+    if shutil.which("cp2k_shell") is None:
+        pytest.skip("cp2k not installed (run_scripts/install_dft_codes.sh)")
+    options = {"basis_set": "SZV-MOLOPT-SR-GTH", "pseudo_potential": "GTH-PBE", "xc": "PBE", "cutoff": 2700.0}
+    calc = make_calculator("cp2k", options)
+    atoms = water()
+    atoms.center(vacuum=3.0)
+    atoms.pbc = True
+    atoms.calc = calc
+    f = atoms.get_forces()
+    d = 2e-3
+    energies = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions[1, 1] += sign * d
+        moved.calc = calc  # the same cp2k_shell serves every structure
+        energies.append(moved.get_potential_energy())
+    assert f[1, 1] == pytest.approx(-(energies[0] - energies[1]) / (2 * d), abs=0.02)
+
+
+def test_vasp_input_writing(tmp_path):
+    """No VASP (nor its POTCARs) here: check that the options reach VASP's INCAR and KPOINTS."""
+    calc = make_calculator("vasp", {"xc": "PBE", "encut": 400, "ismear": 0, "sigma": 0.05, "kpts": [2, 2, 2],
+                                    "directory": str(tmp_path)})
+    assert calc.float_params["encut"] == 400 and calc.int_params["ismear"] == 0
+    calc.write_kpoints(si2(), directory=str(tmp_path))
+    assert (tmp_path / "KPOINTS").read_text().split("\n")[3].split() == ["2", "2", "2"]

@@ -1,0 +1,21 @@
+"""CP2K through ASE's CP2K calculator, which keeps one ``cp2k_shell`` process alive between calls
+(its start-up, 2–3 s here, is paid once per worker).
+
+Options are ASE's CP2K keywords (``xc``, ``basis_set``, ``pseudo_potential``, ``cutoff`` in eV,
+``inp`` for extra CP2K input, ...) plus ``command`` (default "cp2k_shell"; e.g.
+"mpirun -np 4 cp2k_shell.psmp"). Each worker runs in its own scratch directory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from ase.calculators.cp2k import CP2K
+
+from .calculators import require_executable
+
+
+def cp2k_calculator(command: str = "cp2k_shell", directory: str | None = None, **kwargs) -> CP2K:
+    require_executable(command, "cp2k", "cp2k_shell",
+                       "install CP2K (run_scripts/install_dft_codes.sh or apt-get install cp2k cp2k-data)")
+    return CP2K(command=command, directory=directory or tempfile.mkdtemp(prefix="slhmc-cp2k-"), **kwargs)

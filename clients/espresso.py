@@ -1,0 +1,56 @@
+"""Quantum ESPRESSO ``pw.x`` through ASE's Espresso calculator (a fresh pw.x run per call).
+
+Options (``[reference.options]``) are ASE's Espresso keywords — ``pseudopotentials`` (element ->
+file), ``input_data`` (namelists), ``kpts`` — plus ``command`` (default "pw.x"; e.g. "mpirun -np 2
+pw.x") and ``pseudo_dir`` (default Debian's /usr/share/espresso/pseudo from
+quantum-espresso-data). ``tprnfor`` is always on: the worker needs forces. Each worker writes into
+its own scratch directory, so several workers on one node never share files.
+
+The persistent alternative, which keeps pw.x and its wavefunctions alive between calls, is the
+``socket`` reference (slhmc.clients.socket_bridge) with ``code = "espresso"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+
+from ase.calculators.espresso import Espresso, EspressoProfile
+
+from .calculators import CalculatorConfigError, require_executable
+
+DEBIAN_PSEUDO_DIR = "/usr/share/espresso/pseudo"
+
+
+def check_espresso_inputs(command: str, pseudo_dir: str, pseudopotentials: dict | None) -> None:
+    """Say what to fix before the first call: a missing executable or pseudopotential file."""
+    hint = "install Quantum ESPRESSO (run_scripts/install_dft_codes.sh or apt-get install quantum-espresso)"
+    require_executable(command, "espresso", "pw.x", hint)
+    if not pseudopotentials:
+        raise CalculatorConfigError(
+            'espresso: reference.options.pseudopotentials is required, e.g. {Si = "Si.pz-vbc.UPF"}'
+        )
+    missing = [f for f in pseudopotentials.values() if not (Path(pseudo_dir) / f).is_file()]
+    if missing:
+        raise CalculatorConfigError(
+            f"espresso: pseudopotential file(s) {missing} not found in pseudo_dir {pseudo_dir!r}; "
+            "set reference.options.pseudo_dir or install quantum-espresso-data"
+        )
+
+
+def espresso_calculator(
+    pseudopotentials: dict | None = None,
+    command: str = "pw.x",
+    pseudo_dir: str = DEBIAN_PSEUDO_DIR,
+    directory: str | None = None,
+    input_data: dict | None = None,
+    **kwargs,
+) -> Espresso:
+    """ASE's Espresso calculator, checked and set up for a DFT worker (forces on, own directory)."""
+    check_espresso_inputs(command, pseudo_dir, pseudopotentials)
+    data = copy.deepcopy(input_data or {})
+    data.setdefault("control", {})["tprnfor"] = True
+    directory = directory or tempfile.mkdtemp(prefix="slhmc-pw-")
+    return Espresso(profile=EspressoProfile(command=command, pseudo_dir=pseudo_dir), directory=directory,
+                    pseudopotentials=pseudopotentials, input_data=data, **kwargs)
