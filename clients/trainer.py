@@ -6,7 +6,7 @@ import logging
 
 from slhmc.potential.descriptors import DescriptorSpec
 from slhmc.potential.network import BPNN, resolve_device
-from slhmc.potential.serialization import model_to_bytes
+from slhmc.potential.serialization import model_from_bytes, model_to_bytes
 from slhmc.potential.training import Featurized, FitSettings, Label, featurize, fit
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,16 @@ class TrainerHandler:
             return None
         if msg["type"] != "train_task":
             raise ValueError(f"a trainer does not handle {msg['type']}")
+        if msg["warm_start"] and msg.get("model") is not None:
+            self._adopt(msg["model"])
         return "train_result", self.train(msg["version"], [int(i) for i in msg["label_ids"]], msg["warm_start"])
+
+    def _adopt(self, data: bytes) -> None:
+        """Warm-start from the server's current model, not from whatever this process holds."""
+        model, _ = model_from_bytes(data, self.device)
+        if self.model is None or model.spec != self.model.spec:
+            self.featurized.clear()  # descriptors depend on the spec only, not on the weights
+        self.model = model
 
     def _new_model(self, label_ids: list[int]) -> BPNN:
         pot = self.config["potential"]

@@ -80,8 +80,7 @@ def serve(
 
     sock = open_socket()
     last_recv = last_send = time.monotonic()
-    first_contact = time.monotonic()
-    welcomed = False
+    last_heard = time.monotonic()  # last message from any server, across reconnects
     log.info("%s connecting to %s", name, connect)
     try:
         while True:
@@ -103,7 +102,7 @@ def serve(
                 except ProtocolError as err:
                     log.warning("dropped a bad message from the server: %s", err)
                     continue
-                last_recv = time.monotonic()
+                last_recv = last_heard = time.monotonic()
                 kind = msg["type"]
                 if kind == "shutdown":
                     log.info("server says shut down: %s", msg["reason"])
@@ -115,7 +114,6 @@ def serve(
                     if msg.get("code") == "unknown_worker":
                         sock.send(build("hello", role=handler.role, name=name, pid=os.getpid()))
                 elif kind == "welcome":
-                    welcomed = True
                     heartbeat_s = msg["heartbeat_s"]
                     log.info("registered as %s", msg["worker_id"])
                     pending.append((submit(handler.configure, msg["config"]), None, kind))
@@ -140,14 +138,13 @@ def serve(
                 sock.send(build("heartbeat"))
                 last_send = now
             if now - last_recv > timeout_s:
-                if max_idle_s is not None and now - first_contact > max_idle_s and not welcomed:
-                    log.error("no server at %s after %.0f s; giving up", connect, max_idle_s)
+                if max_idle_s is not None and now - last_heard > max_idle_s:
+                    log.error("no server at %s for %.0f s; giving up", connect, now - last_heard)
                     return 1
                 log.warning("server silent for %.1f s; reconnecting", now - last_recv)
                 sock.close(0)
                 sock = open_socket()
                 last_recv = last_send = now
-                welcomed = False
     except KeyboardInterrupt:
         return 130
     finally:

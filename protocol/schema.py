@@ -86,7 +86,10 @@ SCHEMA: dict[str, dict] = {
     "label_task": {"task_id": int, **_STRUCTURE},
     "label_result": {"task_id": int, "energy": float, "forces": Arr("f8", ("N", 3)), "seconds": float},
     "labels": {"labels": ListOf(_LABEL)},
-    "train_task": {"task_id": int, "version": int, "label_ids": Arr("i8", ("M",)), "warm_start": bool},
+    # ``model``: the version to warm-start from, so a fit does not depend on what a (restarted)
+    # trainer happens to hold, and a resumed deterministic run refits exactly as before
+    "train_task": {"task_id": int, "version": int, "label_ids": Arr("i8", ("M",)), "warm_start": bool,
+                   "model": Opt(bytes)},
     "train_result": {"task_id": int, "version": int, "model": bytes, "metrics": FREE_MAP},
 }
 

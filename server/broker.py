@@ -35,6 +35,9 @@ class Worker:
     worker_id: str
     last_seen: float
     task: Task | None = None
+    # id of a task that timed out while this worker ran it: the worker is still busy with it, and
+    # its late answer is dropped, after which the worker is idle again
+    stale_task_id: int | None = None
     state: dict = field(default_factory=dict)  # what the server knows it holds (model version, labels)
 
 
@@ -50,6 +53,7 @@ class Task:
     worker: bytes | None = None
     attempts: int = 0
     sent_at: float = 0.0
+    timeout_s: float = 0.0  # 0: no limit on one attempt
 
 
 @dataclass
@@ -125,8 +129,9 @@ class Broker:
         fields: dict,
         context: object = None,
         prepare: Callable[[Worker, dict], dict] | None = None,
+        timeout_s: float = 0.0,
     ) -> Task:
-        task = Task(next(self._ids), role, kind, fields, context, prepare)
+        task = Task(next(self._ids), role, kind, fields, context, prepare, timeout_s=timeout_s)
         self.tasks[task.task_id] = task
         self.queues[role].append(task)
         self._dispatch()
@@ -212,6 +217,11 @@ class Broker:
             self._remove(worker, events)
             return
         if kind in ("failed", *RESULT_TYPE.values()):
+            if worker.stale_task_id is not None and msg["task_id"] == worker.stale_task_id:
+                log.info("dropped the late %s of timed-out task %d from %s", kind, msg["task_id"], worker.name)
+                worker.stale_task_id = None
+                self.idle[worker.role].append(identity)
+                return
             task = self.tasks.get(msg["task_id"])
             if task is None or task.worker != identity or worker.task is not task:
                 self.dropped += 1
@@ -260,6 +270,13 @@ class Broker:
     def _heartbeat(self, events: list[Event]) -> None:
         now = time.monotonic()
         for worker in list(self.workers.values()):
+            task = worker.task
+            if task is not None and task.timeout_s and now - task.sent_at > task.timeout_s:
+                log.warning("task %d (%s) on %s ran past its %.0f-s timeout", task.task_id, task.kind,
+                            worker.name, task.timeout_s)
+                worker.task, worker.stale_task_id = None, task.task_id
+                self.tasks.pop(task.task_id, None)
+                events.append(Failed(task, f"timed out after {task.timeout_s:.0f} s on {worker.name}"))
             if now - worker.last_seen > self.timeout_s:
                 log.warning("worker %s (%s) silent for %.1f s: declared dead", worker.worker_id,
                             worker.name, now - worker.last_seen)

@@ -160,14 +160,16 @@ class HMCServer:
 
     # -- requests --------------------------------------------------------------------------------
     def _request_label(self, atoms: Atoms, context: dict) -> Task:
-        return self.broker.submit("dft", "label_task", structure_fields(atoms), context=context)
+        return self.broker.submit("dft", "label_task", structure_fields(atoms), context=context,
+                                  timeout_s=self.cfg.reference.timeout)
 
     def _request_fit(self, version: int, n_labels: int, warm_start: bool) -> None:
         def prepare(worker: Worker, fields: dict) -> dict:
             self._sync_labels(worker)  # a new trainer gets the whole dataset before the task
             return fields
 
-        fields = {"version": version, "label_ids": np.arange(n_labels, dtype=np.int64), "warm_start": warm_start}
+        fields = {"version": version, "label_ids": np.arange(n_labels, dtype=np.int64), "warm_start": warm_start,
+                  "model": self.model_bytes if warm_start else None}
         context = {"version": version, "n_labels": n_labels, "warm_start": warm_start}
         self.train_task = self.broker.submit("trainer", "train_task", fields, context=context, prepare=prepare)
         log.info("refit requested: model %d on %d labels", version, n_labels)

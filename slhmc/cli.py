@@ -64,9 +64,14 @@ def cmd_server(args: argparse.Namespace) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     _logging(logging.INFO, Path(args.out) / "server.log", logging.WARNING if progress else logging.INFO)
     _sigterm_as_interrupt()
+    import zmq
+
+    from slhmc.security import SecurityError, server_setup
+
     try:
-        server = HMCServer(cfg, args.out, bind=args.bind, resume=args.resume, progress=progress)
-    except RunDirectoryError as err:
+        setup = server_setup(args.keys, args.bind, zmq.Context.instance())
+        server = HMCServer(cfg, args.out, bind=args.bind, resume=args.resume, progress=progress, socket_setup=setup)
+    except (RunDirectoryError, SecurityError) as err:
         print(f"slhmc: {err}", file=sys.stderr)
         return 2
     try:
@@ -99,13 +104,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from slhmc.clients.trainer import TrainerHandler
 
         handler = TrainerHandler(args.device)
-    return serve(handler, args.connect, name=args.name, timeout_s=args.timeout)
+    from slhmc.security import SecurityError, client_setup
+
+    try:
+        setup = client_setup(args.keys, args.key_name)
+    except SecurityError as err:
+        print(f"slhmc: {err}", file=sys.stderr)
+        return 2
+    return serve(handler, args.connect, name=args.name, timeout_s=args.timeout, max_idle_s=args.max_idle or None,
+                 socket_setup=setup)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analyze import analyze
 
     return analyze(args.dir)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from slhmc.security import create_keys
+
+    d = create_keys(args.dir, args.client)
+    print(f"keys in {d}: give the server --keys {d}; copy server.key and {args.client}.key_secret to each "
+          f"worker machine (same layout) and give the workers --keys DIR")
+    return 0
 
 
 def cmd_codes(args: argparse.Namespace) -> int:
@@ -135,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--out", required=True)
     server.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ address to bind (default {DEFAULT_BIND})")
     server.add_argument("--resume", action="store_true")
+    server.add_argument("--keys", default=None, help="CurveZMQ key directory (slhmc keys); required off loopback")
     server.add_argument("--no-progress", action="store_true")
     server.set_defaults(func=cmd_server)
 
@@ -146,11 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     worker.add_argument("--device", default="auto", help="torch device of mlmd/trainer: auto (GPU if any), cpu, cuda")
     worker.add_argument("--timeout", type=float, default=10.0, help="s of server silence before reconnecting")
+    worker.add_argument("--keys", default=None, help="CurveZMQ key directory with server.key, client.key_secret")
+    worker.add_argument("--key-name", default="client", help="which NAME.key_secret in --keys (default client)")
+    worker.add_argument("--max-idle", type=float, default=0.0,
+                        help="s without any server before giving up (default 0: keep trying for ever)")
     worker.set_defaults(func=cmd_worker)
 
     analyze = sub.add_parser("analyze", help="acceptance, energies and model errors of a run")
     analyze.add_argument("dir")
     analyze.set_defaults(func=cmd_analyze)
+    keys = sub.add_parser("keys", help="make CurveZMQ keys for authenticated, encrypted server-worker traffic")
+    keys.add_argument("dir")
+    keys.add_argument("--client", default="client", help="name of the worker key pair to add (default client)")
+    keys.set_defaults(func=cmd_keys)
+
     codes = sub.add_parser("codes", help="which reference calculators (DFT codes) work on this machine")
     codes.set_defaults(func=cmd_codes)
     return p

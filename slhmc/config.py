@@ -23,9 +23,10 @@ class SystemConfig(_Section):
 
 
 class ReferenceConfig(_Section):
-    calculator: str = "emt"  # emt | lj | morse | "module:function"
+    calculator: str = "emt"  # a name in slhmc.clients.calculators.BUILTIN or "module:function"
     options: dict[str, Any] = Field(default_factory=dict)
     retries: int = Field(2, ge=0, description="retries of a failed reference call before the run stops")
+    timeout: float = Field(0.0, ge=0, description="s; a reference call running longer is retried elsewhere; 0 = none")
 
 
 class HMCConfig(_Section):

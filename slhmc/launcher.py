@@ -22,6 +22,7 @@ from .config import Config
 log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 5  # per worker slot
+ORPHAN_WORKER_S = 120  # a worker started here gives up after this long without its server
 
 
 def _env() -> dict[str, str]:
@@ -57,7 +58,9 @@ def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str 
     def start(slot: tuple[str, int]) -> None:
         role, k = slot
         log_file = open(logs / f"{role}-{k}.log", "a")
-        cmd = [*py, "worker", role, "--connect", bind, "--config", config_path, "--name", f"{role}-{k}"]
+        # --max-idle: if this launcher is killed outright, its workers do not wait for ever
+        cmd = [*py, "worker", role, "--connect", bind, "--config", config_path, "--name", f"{role}-{k}",
+               "--max-idle", str(ORPHAN_WORKER_S)]
         workers[slot] = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
         log_file.close()
 

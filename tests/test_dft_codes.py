@@ -158,19 +158,22 @@ def test_espresso_fresh_and_through_the_socket_agree():
 
     if shutil.which("pw.x") is None:
         pytest.skip("pw.x not installed (run_scripts/install_dft_codes.sh)")
-    fresh = si2()
-    fresh.calc = make_calculator("espresso", ESPRESSO)
-    f_fresh = fresh.get_forces()
+    fresh_calc = make_calculator("espresso", ESPRESSO)
     bridge = make_calculator("socket", {"client": "pw.x -in {input} --ipi {unixsocket}:UNIX", "code": "espresso",
                                         "espresso": ESPRESSO, "timeout": 120})
+    pids = []
     try:
-        for k in range(2):  # the second call goes to the same, warm pw.x
-            sock = si2()
-            sock.calc = bridge
-            f_sock = sock.get_forces()
+        for shift in (0.0, 0.05):  # the second structure goes to the same, warm pw.x
+            fresh, sock = si2(), si2()
+            for a in (fresh, sock):
+                a.positions[0] += [shift, 0.0, -shift]
+            fresh.calc, sock.calc = fresh_calc, bridge
+            f_fresh, f_sock = fresh.get_forces(), sock.get_forces()
+            assert np.abs(f_fresh).max() > 0.1
             assert sock.get_potential_energy() == pytest.approx(fresh.get_potential_energy(), abs=1e-4)
             np.testing.assert_allclose(f_sock, f_fresh, atol=2e-3)
-        assert np.abs(f_fresh).max() > 0.1
+            pids.append(bridge.proc.pid)
+        assert pids[0] == pids[1]
     finally:
         bridge.close()
 
