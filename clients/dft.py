@@ -32,6 +32,12 @@ def reference_energy(atoms: Atoms) -> float:
         return float(atoms.get_potential_energy())
 
 
+# analytic references whose only state is a neighbour list: reset before every label, so that a
+# label is a pure function of its structure (ASE's lists reorder pairs depending on earlier calls,
+# which moves energies in the 14th digit and would make a resumed deterministic run drift)
+STATELESS = {"emt", "lj", "morse"}
+
+
 class DFTHandler:
     role = "dft"
 
@@ -39,6 +45,7 @@ class DFTHandler:
         # a [reference] section from this machine's --config wins over the server's
         self.local_reference = local_reference
         self.calc = None
+        self.stateless = False
         self.config_error: str | None = None
 
     def configure(self, config: dict) -> None:
@@ -51,6 +58,7 @@ class DFTHandler:
             log.error("cannot set up the reference calculator: %s", self.config_error)
             return
         self.config_error = None
+        self.stateless = ref["calculator"] in STATELESS
         log.info("reference calculator: %s", ref["calculator"])
 
     def close(self) -> None:
@@ -68,6 +76,8 @@ class DFTHandler:
         if self.calc is None:
             raise ReferenceCalculationError(f"this worker has no reference calculator: {self.config_error}")
         atoms = Atoms(msg["numbers"], msg["positions"], cell=msg["cell"], pbc=msg["pbc"])
+        if self.stateless:
+            self.calc.reset()
         atoms.calc = self.calc
         t0 = time.perf_counter()
         # forces first: calculators that compute both in one run then answer the energy from cache

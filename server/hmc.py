@@ -54,6 +54,12 @@ def bootstrap_structures(start: Atoms, n: int, displacement: float, strain: floa
     return out
 
 
+def wire_label(frame: Atoms) -> dict:
+    """A dataset frame as the ``labels`` message carries it."""
+    return {**structure_fields(frame), "label_id": int(frame.info["label_id"]),
+            "energy": float(frame.get_potential_energy()), "forces": frame.get_forces().astype(np.float64)}
+
+
 class HMCServer:
     def __init__(
         self,
@@ -108,9 +114,10 @@ class HMCServer:
 
     def _add_label(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> int:
         label_id = len(self.labels)
-        self.labels.append({**structure_fields(atoms), "label_id": label_id, "energy": energy,
-                            "forces": np.asarray(forces, dtype=np.float64)})
-        self.files.write_label(atoms, energy, forces, {"label_id": label_id, **info})
+        # the trainer gets the label exactly as dataset.extxyz holds it (8 decimals), so that a
+        # resumed run, which can only read the file, trains on the very same numbers
+        stored = self.files.write_label(atoms, energy, forces, {"label_id": label_id, **info})
+        self.labels.append(wire_label(stored))
         for worker in list(self.broker.workers.values()):
             if worker.role == "trainer":
                 self._sync_labels(worker)
@@ -140,10 +147,7 @@ class HMCServer:
         })
 
     def _restore(self, ckpt: dict) -> None:
-        for frame in self.files.read_dataset():
-            self.labels.append({**structure_fields(frame), "label_id": int(frame.info["label_id"]),
-                                "energy": float(frame.get_potential_energy()),
-                                "forces": frame.get_forces().astype(np.float64)})
+        self.labels = [wire_label(frame) for frame in self.files.read_dataset()]
         if len(self.labels) != ckpt["n_labels"]:
             raise RunAborted(f"dataset has {len(self.labels)} labels, checkpoint says {ckpt['n_labels']}")
         self.trial, self.accepted = ckpt["trial"], ckpt["accepted"]

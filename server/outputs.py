@@ -8,6 +8,7 @@ never disagree with the checkpoint after a crash. The checkpoint itself is repla
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
-APPEND_FILES = {"trials": "trials.jsonl", "chain": "chain.extxyz", "dataset": "dataset.extxyz"}
+APPEND_FILES = {"trials": "trials.jsonl", "chain": "chain.extxyz", "dataset": "dataset.extxyz",
+                "metrics": "models/metrics.jsonl"}
 CHECKPOINT = "checkpoint.json"
 
 
@@ -60,11 +62,15 @@ class RunFiles:
         frame.calc = SinglePointCalculator(frame, energy=energy)
         write(self._files["chain"], frame, format="extxyz")
 
-    def write_label(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> None:
+    def write_label(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> Atoms:
+        """Append a label; returns it as read back from the file (at the file's precision)."""
         frame = atoms.copy()
         frame.info.update(info)
         frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
-        write(self._files["dataset"], frame, format="extxyz")
+        text = io.StringIO()
+        write(text, frame, format="extxyz")
+        self._files["dataset"].write(text.getvalue())
+        return read(io.StringIO(text.getvalue()), format="extxyz")
 
     def read_dataset(self) -> list[Atoms]:
         self._files["dataset"].flush()
@@ -76,8 +82,7 @@ class RunFiles:
 
     def save_model(self, version: int, data: bytes, metrics: dict) -> None:
         atomic_write(self.model_path(version), data)
-        with open(self.models / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"version": version, **metrics}) + "\n")
+        self._files["metrics"].write(json.dumps({"version": version, **metrics}) + "\n")
 
     def save_checkpoint(self, state: dict) -> None:
         state = {**state, "offsets": self.offsets()}
