@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 import zmq
 from ase.io import read
 
@@ -67,19 +66,9 @@ def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path):
     assert [m["version"] for m in metrics] == versions  # each version once, none lost or doubled
 
 
-def assert_same_chain(ours: list[dict], theirs: list[dict]) -> None:
-    """Trial for trial: the same decisions, model versions and label ids exactly, and the same
-    energies to 1e-9 eV. Not to the last bit: the reference code's own state is history-dependent
-    (ASE's EMT keeps a neighbour list whose pair order depends on earlier calls, a DFT code its
-    SCF guess), and the killed trial was computed twice; differences seen are ~3e-14 eV."""
+def without_timings(records: list[dict]) -> list[dict]:
     timing = {"wall_seconds", "mlmd_seconds", "dft_seconds"}
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs, strict=True):
-        for key in a.keys() - timing:
-            if isinstance(a[key], float):
-                assert a[key] == pytest.approx(b[key], abs=1e-9), (a["trial"], key)
-            else:
-                assert a[key] == b[key], (a["trial"], key)
+    return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
 def test_killed_server_resumes_and_deterministic_chain_is_identical(tmp_path):
@@ -110,13 +99,14 @@ def test_killed_server_resumes_and_deterministic_chain_is_identical(tmp_path):
         stop_all(server, workers)
     records = check_run(run, trials=30, bootstrap=8)
     assert killed_at < 30
-    assert_same_chain(records, read_trials(reference))
+    assert without_timings(records) == without_timings(read_trials(reference))  # to the last bit
+    assert (run / "dataset.extxyz").read_bytes() == (reference / "dataset.extxyz").read_bytes()
     ours = sorted(p.name for p in (run / "models").glob("*.safetensors"))
     assert ours == sorted(p.name for p in (reference / "models").glob("*.safetensors"))
     probe = read(run / "chain.extxyz", index="-1")
     for name in ours:  # the refits after the restart produced the same networks
         e = [load_calculator(d / "models" / name, device="cpu").get_potential_energy(probe) for d in (run, reference)]
-        assert e[0] == pytest.approx(e[1], abs=1e-8)
+        assert e[0] == e[1]
 
 
 def test_hung_reference_call_is_retried_on_another_worker(tmp_path):
