@@ -32,10 +32,16 @@ def reference_energy(atoms: Atoms) -> float:
         return float(atoms.get_potential_energy())
 
 
-# analytic references whose only state is a neighbour list: reset before every label, so that a
-# label is a pure function of its structure (ASE's lists reorder pairs depending on earlier calls,
-# which moves energies in the 14th digit and would make a resumed deterministic run drift)
-STATELESS = {"emt", "lj", "morse"}
+def is_stateless(calc) -> bool:
+    """Analytic references whose only state is a neighbour list. They are reset before every label
+    so that a label is a pure function of its structure: ASE's lists reorder pairs depending on
+    earlier calls, which moves energies in the 14th digit and would make a deterministic chain
+    differ between resumes and worker counts."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.lj import LennardJones
+    from ase.calculators.morse import MorsePotential
+
+    return isinstance(calc, (EMT, LennardJones, MorsePotential))
 
 
 class DFTHandler:
@@ -58,7 +64,7 @@ class DFTHandler:
             log.error("cannot set up the reference calculator: %s", self.config_error)
             return
         self.config_error = None
-        self.stateless = ref["calculator"] in STATELESS
+        self.stateless = is_stateless(self.calc)
         log.info("reference calculator: %s", ref["calculator"])
 
     def close(self) -> None:

@@ -160,15 +160,15 @@ class FitResult:
     metrics: dict = field(default_factory=dict)
 
 
-def split(label_ids: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Positions of training and validation items; membership is fixed per (seed, label id)."""
-    val = [k for k, lid in enumerate(label_ids) if np.random.default_rng([seed, lid]).random() < fraction]
-    if fraction > 0 and not val and len(label_ids) > 1:
-        val = [len(label_ids) - 1]
-    if len(val) == len(label_ids):
+def split(keys: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Positions of training and validation items; membership is fixed per (seed, key)."""
+    val = [k for k, key in enumerate(keys) if np.random.default_rng([seed, key]).random() < fraction]
+    if fraction > 0 and not val and len(keys) > 1:
+        val = [len(keys) - 1]
+    if len(val) == len(keys):
         val = val[1:]
     val_set = set(val)
-    return [k for k in range(len(label_ids)) if k not in val_set], val
+    return [k for k in range(len(keys)) if k not in val_set], val
 
 
 def initialise_normalisation(model: BPNN, items: list[Featurized]) -> None:
@@ -204,7 +204,9 @@ def fit(model: BPNN, items: list[Featurized], settings: FitSettings, warm_start:
     """Fit in place; returns metrics. ``warm_start`` keeps weights and normalisation."""
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
-    train_pos, val_pos = split([it.label_id for it in items], settings.validation_fraction, settings.seed)
+    # membership by position in the training list, not by label id: a chain label keeps its place
+    # whatever speculative labels were numbered in between (same model for any worker count)
+    train_pos, val_pos = split(list(range(len(items))), settings.validation_fraction, settings.seed)
     train = [items[k] for k in train_pos]
     val = [items[k] for k in val_pos]
     if not warm_start:

@@ -144,10 +144,11 @@ class Broker:
         self.queues[task.role].appendleft(task)
         self._dispatch()
 
-    def cancel(self, task: Task) -> None:
-        self.tasks.pop(task.task_id, None)
+    def cancel_queued(self, task: Task) -> None:
+        """Withdraw a task that no worker has yet; one already running is left to finish."""
         if task in self.queues[task.role]:
             self.queues[task.role].remove(task)
+            self.tasks.pop(task.task_id, None)
 
     def broadcast(self, role: str | None, kind: str, **fields: object) -> None:
         for w in list(self.workers.values()):

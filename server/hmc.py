@@ -7,10 +7,15 @@ trials. One trial t (DESIGN section 2):
   ML forces of one model version -> a dft worker labels the end point -> the server computes the
   exact ΔH with kinetic energies and accepts with min(1, exp(-ΔH/kT)).
 
+With several DFT workers and ``workers.prefetch``, up to one proposal per DFT worker is in flight
+along the most probable accept/reject path (slhmc.server.prefetch); results are consumed in
+chain order, so the chain is the one a single worker would produce.
+
 Every label (accepted or not) is written to dataset.extxyz and forwarded to the trainer; after
-``training.interval`` new labels a refit is requested, and its model is used by later trials. A
+``training.interval`` new labels a refit is requested, and its model is used by later trials. In
+deterministic mode refits happen at fixed chain trials, train on chain labels only (not on
+speculative ones, whose number depends on the worker count), and the chain waits for them. A
 failed reference call is retried and then stops the run: it is never turned into a rejection.
-Trials run one after another (pre-fetching with several DFT workers is a later extension).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from slhmc.protocol import structure_fields
 from . import chain
 from .broker import Broker, Completed, Failed, Joined, Lost, Task, Worker
 from .outputs import RunFiles
+from .prefetch import AcceptanceEstimate, Proposal
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +99,9 @@ class HMCServer:
         self.positions = start.positions.copy()
         self.cell = np.asarray(start.cell.array).copy()
         self.e_chain: float | None = None
-        self.in_flight: Task | None = None  # the task of the current trial (md or label stage)
+        self.pipeline: list[Proposal] = []  # trials in flight, in chain order
+        self.acceptance = AcceptanceEstimate()
+        self.chain_label_ids: list[int] = []  # bootstrap and chain-trial labels (not speculative ones)
         self.train_task: Task | None = None
         self.labels_since_fit = 0
         self.bootstrap_pending: dict[int, Task] = {}
@@ -114,6 +122,8 @@ class HMCServer:
 
     def _add_label(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> int:
         label_id = len(self.labels)
+        if info["source"] != "speculative":
+            self.chain_label_ids.append(label_id)
         # the trainer gets the label exactly as dataset.extxyz holds it (8 decimals), so that a
         # resumed run, which can only read the file, trains on the very same numbers
         stored = self.files.write_label(atoms, energy, forces, {"label_id": label_id, **info})
@@ -147,7 +157,9 @@ class HMCServer:
         })
 
     def _restore(self, ckpt: dict) -> None:
-        self.labels = [wire_label(frame) for frame in self.files.read_dataset()]
+        frames = self.files.read_dataset()
+        self.labels = [wire_label(frame) for frame in frames]
+        self.chain_label_ids = [k for k, f in enumerate(frames) if f.info.get("source") != "speculative"]
         if len(self.labels) != ckpt["n_labels"]:
             raise RunAborted(f"dataset has {len(self.labels)} labels, checkpoint says {ckpt['n_labels']}")
         self.trial, self.accepted = ckpt["trial"], ckpt["accepted"]
@@ -167,16 +179,21 @@ class HMCServer:
         return self.broker.submit("dft", "label_task", structure_fields(atoms), context=context,
                                   timeout_s=self.cfg.reference.timeout)
 
-    def _request_fit(self, version: int, n_labels: int, warm_start: bool) -> None:
+    def _request_fit(self, version: int, label_ids: list[int], warm_start: bool) -> None:
         def prepare(worker: Worker, fields: dict) -> dict:
             self._sync_labels(worker)  # a new trainer gets the whole dataset before the task
             return fields
 
-        fields = {"version": version, "label_ids": np.arange(n_labels, dtype=np.int64), "warm_start": warm_start,
+        fields = {"version": version, "label_ids": np.asarray(label_ids, dtype=np.int64), "warm_start": warm_start,
                   "model": self.model_bytes if warm_start else None}
-        context = {"version": version, "n_labels": n_labels, "warm_start": warm_start}
+        context = {"version": version, "label_ids": list(label_ids), "warm_start": warm_start}
         self.train_task = self.broker.submit("trainer", "train_task", fields, context=context, prepare=prepare)
-        log.info("refit requested: model %d on %d labels", version, n_labels)
+        log.info("refit requested: model %d on %d labels", version, len(label_ids))
+
+    def _training_label_ids(self) -> list[int]:
+        # speculative labels train only when the chain need not be reproducible: their number
+        # depends on how many DFT workers there are
+        return list(self.chain_label_ids) if self.cfg.hmc.deterministic else list(range(len(self.labels)))
 
     def _maybe_refit(self) -> None:
         interval, stop_after = self.cfg.training.interval, self.cfg.training.stop_after
@@ -185,18 +202,52 @@ class HMCServer:
         if stop_after and self.trial >= stop_after:
             return
         self.labels_since_fit = 0
-        self._request_fit(self.model_version + 1, len(self.labels), warm_start=True)
+        self._request_fit(self.model_version + 1, self._training_label_ids(), warm_start=True)
 
-    def _start_trial(self) -> None:
-        t = self.trial
-        draws = chain.draw(self.cfg.hmc.seed, t, self.masses, self.temperature)
+    def _speculation_limit(self) -> int:
+        """First trial index whose trajectory may not be started yet (deterministic mode: it needs
+        a model that is being fitted, or will be after the trial before it)."""
+        if not self.cfg.hmc.deterministic:
+            return self.cfg.hmc.trials
+        if self.train_task is not None:
+            return self.trial
+        interval, stop_after = self.cfg.training.interval, self.cfg.training.stop_after
+        if interval <= 0:
+            return self.cfg.hmc.trials
+        boundary = self.trial + max(interval - self.labels_since_fit, 0)
+        if stop_after and boundary >= stop_after:
+            return self.cfg.hmc.trials
+        return boundary
+
+    def _fill_pipeline(self) -> None:
+        """Start trajectories until every DFT worker has a proposal (one, without pre-fetching)."""
+        if self.model_bytes is None or self.e_chain is None:
+            return
+        depth = max(1, self.broker.count("dft")) if self.cfg.workers.prefetch else 1
+        limit = min(self.cfg.hmc.trials, self._speculation_limit())
+        while len(self.pipeline) < depth:
+            t = self.pipeline[-1].trial + 1 if self.pipeline else self.trial
+            if t >= limit:
+                return
+            if self.pipeline:
+                prev = self.pipeline[-1]
+                assume_accept = self.acceptance.assume_accept()
+                if assume_accept and prev.md is None:
+                    return  # its end point, our start, is still being integrated
+                start = prev.md["positions"] if assume_accept else prev.start
+            else:
+                assume_accept, start = None, self.positions
+            self._start_trajectory(Proposal(t, start, assume_accept, chain.draw(self.cfg.hmc.seed, t, self.masses,
+                                                                                self.temperature), self.model_version))
+
+    def _start_trajectory(self, p: Proposal) -> None:
         fields = {
-            **structure_fields(self._atoms(self.positions, self.cell)),
+            **structure_fields(self._atoms(p.start, self.cell)),
             "masses": self.masses,
-            "momenta": draws.momenta,
+            "momenta": p.draws.momenta,
             "steps": self.cfg.hmc.md_steps,
             "timestep_fs": self.cfg.hmc.timestep,
-            "model_version": self.model_version,
+            "model_version": p.model_version,
         }
         version, model = self.model_version, self.model_bytes
 
@@ -206,9 +257,19 @@ class HMCServer:
                 worker.state["model_version"] = version
             return f
 
-        self.in_flight = self.broker.submit(
-            "mlmd", "md_task", fields, context={"stage": "md", "trial": t, "draws": draws}, prepare=attach_model
-        )
+        self.pipeline.append(p)
+        p.tasks.append(self.broker.submit("mlmd", "md_task", fields, context={"stage": "md", "proposal": p},
+                                          prepare=attach_model))
+
+    def _drop_pipeline_from(self, index: int) -> None:
+        """An outcome contradicted the assumption of pipeline[index]: it and all after it leave the
+        chain. Queued tasks are cancelled; running ones finish and their labels are kept as
+        speculative."""
+        for p in self.pipeline[index:]:
+            p.dead = True
+            for task in p.tasks:
+                self.broker.cancel_queued(task)
+        del self.pipeline[index:]
 
     # -- events ----------------------------------------------------------------------------------
     def _on_completed(self, task: Task, msg: dict) -> None:
@@ -222,19 +283,31 @@ class HMCServer:
             if not self.bootstrap_pending:
                 self._finish_bootstrap()
         elif ctx["stage"] == "md":
-            if msg["positions"].shape != (self.n_atoms, 3) or msg["model_version"] != self.model_version_of(task):
-                raise RunAborted(f"mlmd result for trial {ctx['trial']} does not match its task")
-            proposal = self._atoms(msg["positions"], self.cell)
-            self.in_flight = self._request_label(
-                proposal, {"stage": "label", "trial": ctx["trial"], "draws": ctx["draws"], "md": msg}
-            )
+            p: Proposal = ctx["proposal"]
+            if msg["positions"].shape != (self.n_atoms, 3) or msg["model_version"] != p.model_version:
+                raise RunAborted(f"mlmd result for trial {p.trial} does not match its task")
+            p.md = msg
+            if not p.dead:  # a dropped proposal's end point is not worth a reference call
+                p.tasks.append(self._request_label(self._atoms(msg["positions"], self.cell),
+                                                   {"stage": "label", "proposal": p}))
         elif ctx["stage"] == "label":
             self._check_forces(msg)
-            self._finish_trial(ctx, msg)
+            p = ctx["proposal"]
+            p.label = msg
+            if p.dead:
+                self._add_label(self._atoms(p.md["positions"], self.cell), msg["energy"], msg["forces"],
+                                {"source": "speculative", "trial": p.trial})
+                if not self.cfg.hmc.deterministic:
+                    self.labels_since_fit += 1
+            else:
+                self._consume()
 
-    @staticmethod
-    def model_version_of(task: Task) -> int:
-        return task.fields["model_version"]
+    def _consume(self) -> None:
+        """Finish trials in chain order while their labels are in."""
+        while self.pipeline and self.pipeline[0].label is not None:
+            accepted = self._finish_trial(self.pipeline.pop(0))
+            if self.pipeline and self.pipeline[0].assumes_accept != accepted:
+                self._drop_pipeline_from(0)
 
     def _check_forces(self, msg: dict) -> None:
         if msg["forces"].shape != (self.n_atoms, 3):
@@ -248,10 +321,12 @@ class HMCServer:
             self._add_label(atoms, msg["energy"], msg["forces"], {"source": "start" if index == 0 else "bootstrap"})
         self.e_chain = self.bootstrap_results[0]["energy"]
         self.bootstrap_results.clear()
-        self._request_fit(0, len(self.labels), warm_start=False)
+        self._request_fit(0, list(self.chain_label_ids), warm_start=False)
 
-    def _finish_trial(self, ctx: dict, msg: dict) -> None:
-        t, draws, md = ctx["trial"], ctx["draws"], ctx["md"]
+    def _finish_trial(self, p: Proposal) -> bool:
+        t, draws, md, msg = p.trial, p.draws, p.md, p.label
+        if t != self.trial or not np.array_equal(p.start, self.positions):
+            raise RunAborted(f"internal error: proposal for trial {t} does not start from the chain state")
         k_old = chain.kinetic_energy(draws.momenta, self.masses)
         k_new = chain.kinetic_energy(md["momenta"], self.masses)
         dh = chain.delta_h(k_old, self.e_chain, k_new, msg["energy"])
@@ -285,13 +360,14 @@ class HMCServer:
             self.files.write_chain(self._atoms(self.positions, self.cell), self.e_chain,
                                    {"trial": t, "accepted": accepted, "model": md["model_version"]})
         self.trial += 1
-        self.in_flight = None
+        self.acceptance.add(accepted)
         self.labels_since_fit += 1
         self._maybe_refit()
         self._checkpoint()
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(acc=f"{self.accepted / self.trial:.2f}", model=self.model_version)
+        return accepted
 
     def _on_model(self, msg: dict, ctx: dict) -> None:
         if msg["version"] != ctx["version"]:
@@ -309,6 +385,10 @@ class HMCServer:
         self._checkpoint()
 
     def _on_failed(self, task: Task, error: str) -> None:
+        proposal = task.context.get("proposal") if isinstance(task.context, dict) else None
+        if proposal is not None and proposal.dead:
+            log.warning("task %d for a dropped speculative trial failed (%s); not retried", task.task_id, error)
+            return
         log.error("task %d (%s) failed on attempt %d: %s", task.task_id, task.kind, task.attempts, error)
         retries = self.cfg.reference.retries if task.role == "dft" else 1
         if task.attempts <= retries:
@@ -322,11 +402,6 @@ class HMCServer:
         raise RunAborted(f"{task.kind} failed {task.attempts} times; last error: {error}")
 
     # -- main loop -------------------------------------------------------------------------------
-    def _ready_for_trial(self) -> bool:
-        if self.in_flight is not None or self.trial >= self.cfg.hmc.trials or self.model_bytes is None:
-            return False
-        return not (self.cfg.hmc.deterministic and self.train_task is not None)
-
     def _dispatch_events(self, timeout_s: float) -> None:
         for event in self.broker.poll(timeout_s):
             if isinstance(event, Completed):
@@ -358,8 +433,7 @@ class HMCServer:
                 log.info("bootstrap: labelling %d structures", len(self._bootstrap))
             last_report = time.monotonic()
             while self.trial < cfg.hmc.trials:
-                if self._ready_for_trial():
-                    self._start_trial()
+                self._fill_pipeline()
                 self._dispatch_events(0.1)
                 if not self.progress_enabled and time.monotonic() - last_report > 30:
                     last_report = time.monotonic()

@@ -1,0 +1,64 @@
+"""Pre-fetching: several DFT workers advancing one exact chain (DESIGN section 4; Brockwell 2006).
+
+The chain is sequential, but a trial's trajectory needs only its start positions, not the
+outcome of the trial before: proposal t+1 can start from proposal t's end point *assuming* t is
+accepted, or from t's start *assuming* it is rejected. The pipeline holds up to k such
+proposals, each labelled by its own DFT worker; results are consumed strictly in chain order
+with the exact Metropolis test, and at the first outcome that contradicts an assumption the rest
+of the pipeline is dropped (its labels still go to the dataset, marked speculative).
+
+Which outcome to assume: the more probable one under the acceptance measured so far (the most
+probable path of the accept/reject tree). Along that path the chain advances
+(1 − q^k)/(1 − q) trials per round of k parallel calls, q = max(a, 1 − a).
+
+Every trial's momenta and uniform come from the (seed, trial) stream, so what the chain does
+does not depend on how far ahead it was speculated: with ``hmc.deterministic`` it is the same
+for any number of DFT workers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .chain import TrialDraws
+
+
+@dataclass(eq=False)
+class Proposal:
+    """One trial in flight: its trajectory, then its reference label."""
+
+    trial: int
+    start: np.ndarray  # positions the trajectory starts from
+    assumes_accept: bool | None  # assumed outcome of the previous proposal; None: starts from the chain state
+    draws: TrialDraws
+    model_version: int
+    md: dict | None = None  # md_result
+    label: dict | None = None  # label_result
+    dead: bool = False  # dropped from the chain; its label (if it gets one) is speculative
+    tasks: list = field(default_factory=list)  # broker tasks issued for it
+
+
+class AcceptanceEstimate:
+    """Acceptance over the last ``window`` chain trials (prior: 1, i.e. speculate on acceptance)."""
+
+    def __init__(self, window: int = 50) -> None:
+        self.recent: deque[bool] = deque(maxlen=window)
+
+    def add(self, accepted: bool) -> None:
+        self.recent.append(accepted)
+
+    @property
+    def value(self) -> float:
+        return float(np.mean(self.recent)) if self.recent else 1.0
+
+    def assume_accept(self) -> bool:
+        return self.value >= 0.5
+
+
+def trials_per_round(acceptance: float, k: int) -> float:
+    """Expected chain trials per round of k parallel reference calls along the most probable path."""
+    q = max(acceptance, 1.0 - acceptance)
+    return float(k) if q >= 1.0 else (1.0 - q**k) / (1.0 - q)

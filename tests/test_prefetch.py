@@ -1,0 +1,55 @@
+"""Pre-fetching: k DFT workers advance one chain, and with hmc.deterministic it is the same chain
+— trial for trial, refits included — as with one worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+from ase.io import read
+
+from slhmc.server.prefetch import trials_per_round
+
+from .test_end_to_end import SLHMC, env, read_trials, write_config
+from .test_faults import without_timings
+
+
+def strip_ids(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "label_id"} for r in without_timings(records)]
+
+
+def test_trials_per_round_bound():
+    assert trials_per_round(1.0, 3) == 3
+    assert trials_per_round(0.5, 1) == 1
+    assert abs(trials_per_round(0.8, 3) - (1 + 0.8 + 0.64)) < 1e-12
+    assert trials_per_round(0.2, 3) == trials_per_round(0.8, 3)  # the reject path mirrors it
+
+
+def test_deterministic_chain_is_identical_for_1_2_3_dft_workers(tmp_path):
+    runs = {}
+    for k in (1, 2, 3):
+        (tmp_path / f"k{k}").mkdir()
+        config = write_config(tmp_path / f"k{k}", trials=40, dft=k, calculator="helpers:slow_emt",
+                              options="[reference.options]\ndelay_s = 0.05", interval=10, bootstrap=4)
+        text = config.read_text().replace("seed = 11", "seed = 11\ndeterministic = true")
+        text = text.replace("timestep = 2.0", "timestep = 6.0").replace("temperature = 300.0", "temperature = 600.0")
+        config.write_text(text)
+        run = tmp_path / f"k{k}" / "run"
+        proc = subprocess.run([*SLHMC, "run", str(config), "--out", str(run), "--no-progress"], env=env(),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[k] = run
+    records = {k: read_trials(run) for k, run in runs.items()}
+    acceptance = np.mean([r["accepted"] for r in records[1]])
+    assert 0.2 < acceptance < 0.95  # rejections happen, so speculation is both right and wrong
+    sources = {k: [a.info["source"] for a in read(run / "dataset.extxyz", index=":")] for k, run in runs.items()}
+    assert "speculative" not in sources[1] and "speculative" in sources[3]
+    for k in (2, 3):
+        # to the last bit; label ids differ only because speculative labels are numbered in between
+        assert strip_ids(records[k]) == strip_ids(records[1])
+        chain_labels = [s for s in sources[k] if s != "speculative"]
+        assert chain_labels == sources[1]
+        metrics = [json.loads(x) for x in (runs[k] / "models" / "metrics.jsonl").read_text().splitlines()]
+        reference = [json.loads(x) for x in (runs[1] / "models" / "metrics.jsonl").read_text().splitlines()]
+        assert [m["train"] for m in metrics] == [m["train"] for m in reference]
