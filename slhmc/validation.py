@@ -9,11 +9,13 @@ so that a test can swap one rule (``delta_h``) and show that the statistics catc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
+from ase.calculators.emt import EMT
 
 from slhmc.clients.mlmd import velocity_verlet
 from slhmc.server import chain
@@ -62,3 +64,20 @@ def plain_hmc(
             positions, e_chain = out["positions"], e_new
         records.append({"trial": t, "accepted": accepted, "e_chain": e_chain, "positions": positions})
     return records
+
+
+class DelayedEMT(EMT):
+    """EMT that takes ``delay_s`` longer per call: a reference of calibrated cost, for benchmarks
+    and fault tests (``reference.calculator = "slhmc.validation:delayed_emt"``)."""
+
+    def __init__(self, delay_s: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.delay_s = delay_s
+
+    def calculate(self, *args, **kwargs) -> None:
+        time.sleep(self.delay_s)
+        super().calculate(*args, **kwargs)
+
+
+def delayed_emt(delay_s: float = 0.5) -> DelayedEMT:
+    return DelayedEMT(delay_s=delay_s)

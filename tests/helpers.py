@@ -8,22 +8,6 @@ import time
 from ase.calculators.emt import EMT
 
 
-class SlowEMT(EMT):
-    """EMT that takes ``delay_s`` longer per call: long enough to kill a worker mid-task."""
-
-    def __init__(self, delay_s: float = 0.5, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.delay_s = delay_s
-
-    def calculate(self, *args, **kwargs) -> None:
-        time.sleep(self.delay_s)
-        super().calculate(*args, **kwargs)
-
-
-def slow_emt(delay_s: float = 0.5) -> SlowEMT:
-    return SlowEMT(delay_s=delay_s)
-
-
 class StallingEMT(EMT):
     """EMT whose first call hangs for ``stall_s`` in a process started with SLHMC_TEST_STALL=1:
     a DFT job that runs past its time limit on one worker and not on the others."""

@@ -30,7 +30,7 @@ def test_deterministic_chain_is_identical_for_1_2_3_dft_workers(tmp_path):
     runs = {}
     for k in (1, 2, 3):
         (tmp_path / f"k{k}").mkdir()
-        config = write_config(tmp_path / f"k{k}", trials=40, dft=k, calculator="helpers:slow_emt",
+        config = write_config(tmp_path / f"k{k}", trials=40, dft=k, calculator="slhmc.validation:delayed_emt",
                               options="[reference.options]\ndelay_s = 0.05", interval=10, bootstrap=4)
         text = config.read_text().replace("seed = 11", "seed = 11\ndeterministic = true")
         text = text.replace("timestep = 2.0", "timestep = 6.0").replace("temperature = 300.0", "temperature = 600.0")
@@ -53,3 +53,33 @@ def test_deterministic_chain_is_identical_for_1_2_3_dft_workers(tmp_path):
         metrics = [json.loads(x) for x in (runs[k] / "models" / "metrics.jsonl").read_text().splitlines()]
         reference = [json.loads(x) for x in (runs[1] / "models" / "metrics.jsonl").read_text().splitlines()]
         assert [m["train"] for m in metrics] == [m["train"] for m in reference]
+
+
+def test_dft_workers_joining_late_and_leaving_early(tmp_path):
+    """One DFT worker starts the run; two more join mid-run (pre-fetching then keeps three busy);
+    then one leaves cleanly (SIGTERM: it says bye) and one is SIGKILLed. Nothing is lost."""
+    import signal
+
+    from .test_end_to_end import check_run, free_port, stop_all, wait_for
+    from .test_faults import start_server, start_worker, wait_for_trials
+
+    config = write_config(tmp_path, trials=40, calculator="slhmc.validation:delayed_emt",
+                          options="[reference.options]\ndelay_s = 0.1", timeout=2.0)
+    run, address = tmp_path / "run", f"tcp://127.0.0.1:{free_port()}"
+    server = start_server(config, run, address)
+    workers = {name: start_worker(role, name, address)
+               for role, name in [("mlmd", "m"), ("trainer", "t"), ("dft", "dft-a")]}
+    try:
+        wait_for_trials(run, 5)
+        for name in ("dft-b", "dft-c"):
+            workers[name] = start_worker("dft", name, address)
+        wait_for(run / "server.log", "(dft-c, pid", 60)
+        wait_for_trials(run, 20)
+        workers["dft-a"].send_signal(signal.SIGTERM)
+        workers["dft-c"].send_signal(signal.SIGKILL)
+        _, err = server.communicate(timeout=600)
+        assert server.returncode == 0, err[-3000:]
+        assert workers["dft-a"].wait(timeout=20) == 130  # it left on its own, after saying bye
+    finally:
+        stop_all(server, workers)
+    check_run(run, trials=40, bootstrap=8)
