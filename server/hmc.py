@@ -128,8 +128,9 @@ class HMCServer:
         # resumed run, which can only read the file, trains on the very same numbers
         stored = self.files.write_label(atoms, energy, forces, {"label_id": label_id, **info})
         self.labels.append(wire_label(stored))
+        # the trainer gets new labels in chunks, and all it lacks just before each train task
         for worker in list(self.broker.workers.values()):
-            if worker.role == "trainer":
+            if worker.role == "trainer" and len(self.labels) - worker.state.get("labels_sent", 0) >= LABEL_CHUNK:
                 self._sync_labels(worker)
         return label_id
 
