@@ -226,8 +226,99 @@ def plot(run_dir: Path, trials: list[dict], summary: dict, rdf_data: dict, msd_d
     return written
 
 
+def md_spectra(md_dir: Path) -> tuple[dict, dict, list]:
+    """Metadata, repeat-averaged VACF DOS, and all frames of an `slhmc md` directory."""
+    from slhmc.spectra import vacf_dos
+
+    meta = json.loads((md_dir / "md.json").read_text())
+    dt_fs = meta["stride"] * meta["timestep_fs"]
+    curves, frames_all = [], []
+    for rep in sorted(md_dir.glob("repeat_*")):
+        frames = read_frames(rep / "trajectory.extxyz")
+        if len(frames) < 16:
+            continue
+        velocities = np.array([a.get_velocities() for a in frames])
+        curves.append(vacf_dos(velocities, frames[0].get_masses(), frames[0].numbers, dt_fs))
+        frames_all.extend(frames)
+    if not curves:
+        return meta, {}, frames_all
+    n = min(len(c["nu_THz"]) for c in curves)  # repeats of different length: common grid prefix
+    dos = {k: np.mean([c[k][:n] for c in curves], axis=0) for k in curves[0] if k != "nu_THz"}
+    dos["nu_THz"] = curves[0]["nu_THz"][:n]
+    return meta, dos, frames_all
+
+
+def analyze_md(md_dir: Path, plots: bool = True) -> int:
+    import csv
+
+    from slhmc.spectra import EV_PER_THZ, peak_THz, smooth
+
+    meta, dos, frames = md_spectra(md_dir)
+    if not dos:
+        print(f"{md_dir}: no repeat with enough frames yet")
+        return 1
+    nu = dos["nu_THz"]
+    smoothed = {k: smooth(v, nu, 0.1) for k, v in dos.items() if k != "nu_THz"}
+    keys = list(smoothed)
+    with open(md_dir / "dos.txt", "w") as f:
+        f.write("# VACF phonon DOS, normalised to unit area (1/THz), Gaussian-smoothed 0.1 THz\n")
+        f.write("# nu_THz  energy_meV  " + "  ".join(keys) + "\n")
+        for i in range(len(nu)):
+            values = " ".join(f"{smoothed[k][i]:.6e}" for k in keys)
+            f.write(f"{nu[i]:.5f} {1e3 * nu[i] * EV_PER_THZ:.5f} {values}\n")
+    energies = []
+    for rep in sorted(md_dir.glob("repeat_*")):
+        with open(rep / "energies.csv") as f:
+            energies += [row for row in csv.DictReader(f)]
+    e_pot = np.array([float(r["e_pot_eV"]) for r in energies]) / len(frames[0])
+    temps = np.array([float(r["temperature_K"]) for r in energies])
+    rdf_data = rdf(frames[:: max(1, len(frames) // 200)])
+    msd_data = msd([a for a in frames[: len(frames) // max(1, len(list(md_dir.glob("repeat_*"))))]])
+    summary = {"kind": "md", **meta, "frames": len(frames), "e_pot_eV_per_atom": float(e_pot.mean()),
+               "temperature_mean_K": float(temps.mean()), "dos_peak_THz": peak_THz(nu, smoothed["total"]),
+               "msd_final_A2": float(msd_data[-1]) if len(msd_data) else None}
+    (md_dir / "rdf.json").write_text(json.dumps(rdf_data))
+    written = []
+    if plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for k in keys:
+            ax.plot(nu, smoothed[k], label="total" if k == "total" else k, lw=1.6 if k == "total" else 1.0)
+        ax.set(xlim=(0, min(nu[-1], 2.0 * summary["dos_peak_THz"] + 2)), xlabel="frequency (THz)",
+               ylabel="DOS (1/THz)", title=f"VACF phonon DOS, {meta['temperature_K']:.0f} K")
+        top = ax.secondary_xaxis("top", functions=(lambda x: 1e3 * x * EV_PER_THZ, lambda e: e / (1e3 * EV_PER_THZ)))
+        top.set_xlabel("energy (meV)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(md_dir / "dos.png", dpi=120)
+        plt.close(fig)
+        written.append("dos.png")
+        if rdf_data:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for pair, d in rdf_data["pairs"].items():
+                ax.plot(d["r"], d["g"], label=pair)
+            ax.set(xlabel="r (Å)", ylabel=rdf_data["kind"], title=f"Radial distribution, {meta['temperature_K']:.0f} K")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(md_dir / "rdf.png", dpi=120)
+            plt.close(fig)
+            written.append("rdf.png")
+    summary["plots"] = written
+    (md_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"{md_dir}: {meta['repeats']} repeat(s), {len(frames)} frames, <T> = {summary['temperature_mean_K']:.1f} K, "
+          f"<E_pot> = {summary['e_pot_eV_per_atom']:.5f} eV/atom, DOS peak {summary['dos_peak_THz']:.2f} THz")
+    print(f"data: {md_dir / 'dos.txt'}; plots: {', '.join(written)}")
+    return 0
+
+
 def analyze(run_dir: str | Path, plots: bool = True) -> int:
     run_dir = Path(run_dir)
+    if (run_dir / "md.json").exists():
+        return analyze_md(run_dir, plots)
     trials = read_trials(run_dir)
     if not trials:
         print(f"no finished trials in {run_dir} yet")

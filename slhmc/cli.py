@@ -121,6 +121,24 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return analyze(args.dir)
 
 
+def cmd_md(args: argparse.Namespace) -> int:
+    import torch
+
+    from .md import run_md
+
+    torch.set_num_threads(args.threads)
+    _logging(logging.INFO)
+    try:
+        out = run_md(args.model, args.structure, args.temperature, args.steps, args.timestep, args.out,
+                     ensemble=args.ensemble, repeats=args.repeats, equilibrate=args.equilibrate, stride=args.stride,
+                     seed=args.seed, progress=not args.no_progress, device=args.device)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"slhmc: {err}", file=sys.stderr)
+        return 2
+    print(f"MD done: {out} (slhmc analyze {out} for the phonon DOS, RDF and MSD)")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from slhmc.security import create_keys
 
@@ -178,6 +196,24 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser("analyze", help="acceptance, energies and model errors of a run")
     analyze.add_argument("dir")
     analyze.set_defaults(func=cmd_analyze)
+    md = sub.add_parser("md", help="production ML-MD with a trained potential (phonon DOS with slhmc analyze)")
+    md.add_argument("model", help="a run directory (its newest model) or a model file")
+    md.add_argument("--structure", required=True, help="start structure, any format ase.io.read reads")
+    md.add_argument("--temperature", type=float, required=True, help="K")
+    md.add_argument("--steps", type=int, required=True, help="production steps per repeat")
+    md.add_argument("--timestep", type=float, default=2.0, help="fs (default 2)")
+    md.add_argument("--ensemble", choices=["nve", "nvt"], default="nve",
+                    help="production ensemble after Langevin equilibration (default nve: undisturbed dynamics)")
+    md.add_argument("--repeats", type=int, default=1, help="independent repeats, each with its own seed")
+    md.add_argument("--equilibrate", type=int, default=1000, help="Langevin steps before production")
+    md.add_argument("--stride", type=int, default=5, help="write a frame every N steps")
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--out", required=True)
+    md.add_argument("--threads", type=int, default=1)
+    md.add_argument("--device", default=None, help="cpu, cuda (default: GPU if torch has one)")
+    md.add_argument("--no-progress", action="store_true")
+    md.set_defaults(func=cmd_md)
+
     keys = sub.add_parser("keys", help="make CurveZMQ keys for authenticated, encrypted server-worker traffic")
     keys.add_argument("dir")
     keys.add_argument("--client", default="client", help="name of the worker key pair to add (default client)")
