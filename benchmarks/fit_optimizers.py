@@ -15,14 +15,11 @@ import time
 
 import numpy as np
 import torch
-from ase.build import bulk
-from ase.calculators.emt import EMT
 
 from slhmc.potential.descriptors import DescriptorSpec
 from slhmc.potential.network import BPNN
 from slhmc.potential.training import (
     FitSettings,
-    Label,
     _Batch,
     errors,
     featurize,
@@ -31,18 +28,7 @@ from slhmc.potential.training import (
     predict,
     split,
 )
-
-
-def labels(n: int) -> list[Label]:
-    rng = np.random.default_rng(0)
-    out = []
-    for k in range(n):
-        atoms = bulk("Cu", "fcc", a=3.61 * (1 + rng.uniform(-0.01, 0.01)), cubic=True).repeat((2, 2, 2))
-        atoms.positions += rng.normal(0, 0.08, atoms.positions.shape)
-        atoms.calc = EMT()
-        atoms.get_potential_energy()
-        out.append(Label.from_atoms(atoms, label_id=k))
-    return out
+from slhmc.validation import rattled_emt_labels
 
 
 def adam_fit(model: BPNN, train, val, seconds: float, force_weight: float = 0.1) -> dict:
@@ -74,7 +60,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=0.0, help="Adam's budget (default: L-BFGS's time)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    data = labels(args.labels)
+    data = rattled_emt_labels(args.labels, seed=0)
     spec = DescriptorSpec.default([29], 6.0)
     torch.manual_seed(0)
     model = BPNN(spec)

@@ -20,7 +20,6 @@ import time
 
 os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ase.build import bulk  # noqa: E402
 
@@ -106,18 +105,10 @@ def bench_step(n_cells: tuple[int, int, int], dtype: torch.dtype, rounds: int) -
 
 
 def bench_fit(n_structures: int, dtype: torch.dtype) -> dict:
-    from ase.calculators.emt import EMT
+    from slhmc.potential.training import FitSettings, featurize, fit
+    from slhmc.validation import rattled_emt_labels
 
-    from slhmc.potential.training import FitSettings, Label, featurize, fit
-
-    rng = np.random.default_rng(0)
-    labels = []
-    for k in range(n_structures):
-        atoms = bulk("Cu", "fcc", a=3.61 * (1 + rng.uniform(-0.01, 0.01)), cubic=True).repeat((2, 2, 2))
-        atoms.positions += rng.normal(0, 0.08, atoms.positions.shape)
-        atoms.calc = EMT()
-        atoms.get_potential_energy()
-        labels.append(Label.from_atoms(atoms, label_id=k))
+    labels = rattled_emt_labels(n_structures, seed=0)
     model = BPNN(DescriptorSpec.default([29], RADIAL_CUTOFF, ANGULAR_CUTOFF), (15, 15), dtype=dtype)
     t0 = time.perf_counter()
     items = [featurize(model, lab) for lab in labels]

@@ -81,3 +81,22 @@ class DelayedEMT(EMT):
 
 def delayed_emt(delay_s: float = 0.5) -> DelayedEMT:
     return DelayedEMT(delay_s=delay_s)
+
+
+def rattled_emt_labels(n: int, seed: int = 0, repeat: tuple[int, int, int] = (2, 2, 2), rattle_A: float = 0.08,
+                       strain: float = 0.01) -> list:
+    """``n`` EMT-labelled copies of fcc Cu (cubic cell × ``repeat``), isotropically strained by up to
+    ±``strain`` and displaced by ``rattle_A`` Å per component: training data for tests and benchmarks."""
+    from ase.build import bulk
+
+    from slhmc.potential.training import Label
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61 * (1 + rng.uniform(-strain, strain)), cubic=True).repeat(repeat)
+        atoms.positions += rng.normal(0, rattle_A, atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        out.append(Label.from_atoms(atoms, label_id=k))
+    return out

@@ -42,6 +42,16 @@ T_DIMER = 1000.0  # K: kT = 0.086 eV, bond-length spread ~0.08 Å, dissociation 
 Z_PASS = 4.0
 
 
+def run_frozen(config, run) -> list[dict]:
+    """`slhmc run` through the real processes; the trial records of a run whose network is frozen."""
+    proc = subprocess.run([sys.executable, "-m", "slhmc", "run", str(config), "--out", str(run), "--no-progress"],
+                          env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
+    assert {t["model"] for t in trials} == {0}
+    return trials
+
+
 def exact_bond_moments(temperature_K: float) -> tuple[float, float]:
     """⟨r⟩ and var(r) of p(r) ∝ r² exp(-V(r)/kT), V from ASE's Morse calculator on a dimer."""
     r = np.linspace(1.6, 3.6, 4001)
@@ -97,12 +107,8 @@ interval = 0
 max_steps = 5
 """)
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "slhmc", "run", str(tmp_path / "config.toml"), "--out", str(run),
-                           "--no-progress"], env=env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
+    trials = run_frozen(tmp_path / "config.toml", run)
     acceptance = np.mean([t["accepted"] for t in trials])
-    assert {t["model"] for t in trials} == {0}  # frozen
     assert acceptance < 0.95, f"the network is too good for this test (acceptance {acceptance:.3f})"
     r = bond_lengths([a.positions for a in read(run / "chain.extxyz", index="50:")])
     z_mean, z_var = z_scores(r)
@@ -187,10 +193,7 @@ interval = 0
 max_steps = 5
 """)
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "slhmc", "run", str(tmp_path / "config.toml"), "--out", str(run),
-                           "--no-progress"], env=env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
+    trials = run_frozen(tmp_path / "config.toml", run)
     acceptance = np.mean([t["accepted"] for t in trials])
     assert acceptance < 0.95
     e_slhmc = np.array([t["e_chain"] for t in trials[100:]])

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ase.build import bulk
-from ase.calculators.emt import EMT
 
 from slhmc.potential.descriptors import DescriptorSpec
 from slhmc.potential.network import BPNN
 from slhmc.potential.training import FitSettings, Label, _Batch, errors, featurize, fit, predict
+from slhmc.validation import rattled_emt_labels
 
 
 def emt_labels(n: int, seed: int) -> list[Label]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        atoms = bulk("Cu", "fcc", a=3.61 * (1 + rng.uniform(-0.015, 0.015)), cubic=True).repeat((2, 1, 1))
-        atoms.positions += rng.normal(0, 0.07, atoms.positions.shape)
-        atoms.calc = EMT()
-        atoms.get_potential_energy()
-        out.append(Label.from_atoms(atoms, label_id=k))
-    return out
+    return rattled_emt_labels(n, seed, repeat=(2, 1, 1), rattle_A=0.07, strain=0.015)
 
 
 def new_model() -> BPNN:
