@@ -232,7 +232,8 @@ class HMCServer:
                 return
             if self.pipeline:
                 prev = self.pipeline[-1]
-                assume_accept = self.acceptance.assume_accept()
+                path = self.cfg.workers.prefetch_path
+                assume_accept = self.acceptance.assume_accept() if path == "auto" else path == "accept"
                 if assume_accept and prev.md is None:
                     return  # its end point, our start, is still being integrated
                 start = prev.md["positions"] if assume_accept else prev.start

@@ -71,6 +71,9 @@ class TrainingConfig(_Section):
 class WorkersConfig(_Section):
     dft: int = Field(1, ge=1, description="DFT workers that `slhmc run` starts")
     prefetch: bool = True
+    # which outcome pre-fetched proposals assume: the more probable one under the measured acceptance
+    # (auto), or always acceptance / always rejection
+    prefetch_path: Literal["auto", "accept", "reject"] = "auto"
     heartbeat: float = Field(1.0, gt=0, description="s between heartbeats")
     timeout: float = Field(10.0, gt=0, description="s of silence before a worker is declared dead")
 
