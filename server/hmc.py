@@ -307,9 +307,11 @@ class HMCServer:
     def _consume(self) -> None:
         """Finish trials in chain order while their labels are in."""
         while self.pipeline and self.pipeline[0].label is not None:
-            accepted = self._finish_trial(self.pipeline.pop(0))
-            if self.pipeline and self.pipeline[0].assumes_accept != accepted:
+            record = self._advance_chain(self.pipeline.pop(0))
+            if self.pipeline and self.pipeline[0].assumes_accept != record["accepted"]:
                 self._drop_pipeline_from(0)
+            self._fill_pipeline()  # the ML-MD worker starts while the outputs are written
+            self._record_trial(record)
 
     def _check_forces(self, msg: dict) -> None:
         if msg["forces"].shape != (self.n_atoms, 3):
@@ -325,7 +327,9 @@ class HMCServer:
         self.bootstrap_results.clear()
         self._request_fit(0, list(self.chain_label_ids), warm_start=False)
 
-    def _finish_trial(self, p: Proposal) -> bool:
+    def _advance_chain(self, p: Proposal) -> dict:
+        """The Metropolis step of trial ``p.trial``: label it, accept or reject, move the chain.
+        Returns the trial's record (written by _record_trial)."""
         t, draws, md, msg = p.trial, p.draws, p.md, p.label
         if t != self.trial or not np.array_equal(p.start, self.positions):
             raise RunAborted(f"internal error: proposal for trial {t} does not start from the chain state")
@@ -339,7 +343,11 @@ class HMCServer:
         if accepted:
             self.positions, self.e_chain = md["positions"], msg["energy"]
             self.accepted += 1
-        self.files.write_trial({
+        self.trial += 1
+        self.acceptance.add(accepted)
+        self.labels_since_fit += 1
+        self._maybe_refit()
+        return {
             "trial": t,
             "accepted": accepted,
             "delta_h": dh,
@@ -357,19 +365,19 @@ class HMCServer:
             "mlmd_seconds": md["seconds"],
             "dft_seconds": msg["seconds"],
             "wall_seconds": round(time.monotonic() - self.t_start, 3),
-        })
+        }
+
+    def _record_trial(self, record: dict) -> None:
+        """Outputs and checkpoint of a finished trial (after the next trajectories are under way)."""
+        self.files.write_trial(record)
+        t = record["trial"]
         if (t + 1) % self.cfg.output.stride == 0:
             self.files.write_chain(self._atoms(self.positions, self.cell), self.e_chain,
-                                   {"trial": t, "accepted": accepted, "model": md["model_version"]})
-        self.trial += 1
-        self.acceptance.add(accepted)
-        self.labels_since_fit += 1
-        self._maybe_refit()
+                                   {"trial": t, "accepted": record["accepted"], "model": record["model"]})
         self._checkpoint()
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(acc=f"{self.accepted / self.trial:.2f}", model=self.model_version)
-        return accepted
 
     def _on_model(self, msg: dict, ctx: dict) -> None:
         if msg["version"] != ctx["version"]:
