@@ -222,3 +222,22 @@ def test_vasp_input_writing(tmp_path):
     assert calc.float_params["encut"] == 400 and calc.int_params["ismear"] == 0
     calc.write_kpoints(si2(), directory=str(tmp_path))
     assert (tmp_path / "KPOINTS").read_text().split("\n")[3].split() == ["2", "2", "2"]
+
+
+def test_pyscf_periodic_forces_are_gradients():
+    """pyscf.pbc through the same calculator: H2 in a 4-Å periodic box, LDA/GTH, Γ point."""
+    from ase import Atoms
+
+    calc = make_calculator("pyscf", {"basis": "gth-szv", "xc": "LDA", "pseudo": "gth-pade"})
+    atoms = Atoms("H2", positions=[[0, 0, 0], [0.74, 0.05, 0]], cell=[4, 4, 4], pbc=True)
+    atoms.calc = calc
+    f = atoms.get_forces()
+    d = 1e-3
+    energies = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions[1, 0] += sign * d
+        moved.calc = calc
+        energies.append(moved.get_potential_energy())
+    assert abs(f[1, 0]) > 1.0
+    assert f[1, 0] == pytest.approx(-(energies[0] - energies[1]) / (2 * d), abs=1e-3)
