@@ -30,6 +30,17 @@ def start_server(config, run, address: str, *args: str) -> subprocess.Popen:
                              *args], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def start_workers(address: str, specs: list[tuple[str, str]], **kwargs) -> dict[str, subprocess.Popen]:
+    return {name: start_worker(role, name, address, **kwargs) for role, name in specs}
+
+
+def wait_for_success(server: subprocess.Popen, run) -> str:
+    """Wait for the server to finish its run with exit status 0; returns its log."""
+    _, err = server.communicate(timeout=600)
+    assert server.returncode == 0, err[-3000:]
+    return (run / "server.log").read_text()
+
+
 def wait_for_trials(run, n: int, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -43,8 +54,7 @@ def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path):
     config = write_config(tmp_path, trials=40, interval=10, max_steps=40, timeout=2.0)
     run, address = tmp_path / "run", f"tcp://127.0.0.1:{free_port()}"
     server = start_server(config, run, address)
-    workers = {name: start_worker(role, name, address)
-               for role, name in [("mlmd", "mlmd-a"), ("trainer", "trainer-a"), ("dft", "dft-a")]}
+    workers = start_workers(address, [("mlmd", "mlmd-a"), ("trainer", "trainer-a"), ("dft", "dft-a")])
     try:
         wait_for_trials(run, 5)
         workers["mlmd-a"].send_signal(signal.SIGKILL)
@@ -53,9 +63,7 @@ def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path):
         wait_for(log, "refit requested: model 2", 120)
         workers["trainer-a"].send_signal(signal.SIGKILL)  # in the middle of fitting model 2
         workers["trainer-b"] = start_worker("trainer", "trainer-b", address)
-        _, err = server.communicate(timeout=600)
-        assert server.returncode == 0, err[-3000:]
-        text = log.read_text()
+        text = wait_for_success(server, run)
         assert text.count("declared dead") >= 2 and "(mlmd-b, pid" in text and "(trainer-b, pid" in text
     finally:
         stop_all(server, workers)
@@ -84,17 +92,14 @@ def test_killed_server_resumes_and_deterministic_chain_is_identical(tmp_path):
 
     run, address = tmp_path / "run", f"tcp://127.0.0.1:{free_port()}"
     server = start_server(config, run, address)
-    workers = {name: start_worker(role, name, address)
-               for role, name in [("mlmd", "m"), ("trainer", "t"), ("dft", "d")]}
+    workers = start_workers(address, [("mlmd", "m"), ("trainer", "t"), ("dft", "d")])
     try:
         wait_for_trials(run, 14)
         server.send_signal(signal.SIGKILL)
         server.wait()
         killed_at = len(read_trials(run))
         server = start_server(config, run, address, "--resume")
-        _, err = server.communicate(timeout=600)
-        assert server.returncode == 0, err[-3000:]
-        assert "resumed at trial" in (run / "server.log").read_text()
+        assert "resumed at trial" in wait_for_success(server, run)
     finally:
         stop_all(server, workers)
     records = check_run(run, trials=30, bootstrap=8)
@@ -119,11 +124,8 @@ def test_hung_reference_call_is_retried_on_another_worker(tmp_path):
     workers = {"stuck": start_worker("dft", "dft-stuck", address, {"SLHMC_TEST_STALL": "1"})}
     try:
         wait_for(run / "server.log", "(dft-stuck, pid", 60)
-        for role, name in [("dft", "dft-ok"), ("mlmd", "m"), ("trainer", "t")]:
-            workers[name] = start_worker(role, name, address)
-        _, err = server.communicate(timeout=600)
-        assert server.returncode == 0, err[-3000:]
-        text = (run / "server.log").read_text()
+        workers.update(start_workers(address, [("dft", "dft-ok"), ("mlmd", "m"), ("trainer", "t")]))
+        text = wait_for_success(server, run)
         assert "ran past its 3-s timeout" in text and "timed out after 3 s on dft-stuck" in text
     finally:
         stop_all(server, workers)
@@ -160,8 +162,7 @@ def test_hostile_peers_are_answered_and_the_run_completes(tmp_path):
     ctx = zmq.Context.instance()
     try:
         wait_for(run / "server.log", "server on", 60)
-        for role, name in [("mlmd", "m"), ("trainer", "t"), ("dft", "d")]:
-            workers[name] = start_worker(role, name, address)
+        workers.update(start_workers(address, [("mlmd", "m"), ("trainer", "t"), ("dft", "d")]))
         wait_for_trials(run, 2)
         peer = ctx.socket(zmq.DEALER)
         peer.setsockopt(zmq.LINGER, 0)
@@ -183,9 +184,7 @@ def test_hostile_peers_are_answered_and_the_run_completes(tmp_path):
         raw = pysocket.create_connection(("127.0.0.1", port))
         raw.sendall(b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f" + bytes(5000))
         raw.close()
-        _, err = server.communicate(timeout=600)
-        assert server.returncode == 0, err[-3000:]
-        text = (run / "server.log").read_text()
+        text = wait_for_success(server, run)
         assert "dropped label_result for task 999999" in text and "version 2 is not supported" in text
     finally:
         stop_all(server, workers)
@@ -211,11 +210,9 @@ def test_curve_keys_required_off_loopback_and_unkeyed_clients_refused(tmp_path):
         plain.send(build("hello", role="dft", name="no-key", pid=1))
         assert not plain.poll(3000)
         plain.close()
-        for role, name in [("mlmd", "m"), ("trainer", "t"), ("dft", "d")]:
-            workers[name] = start_worker(role, name, address, args=("--keys", str(keys)))
-        _, err = server.communicate(timeout=600)
-        assert server.returncode == 0, err[-3000:]
-        assert "(no-key" not in (run / "server.log").read_text()
+        workers.update(start_workers(address, [("mlmd", "m"), ("trainer", "t"), ("dft", "d")],
+                                     args=("--keys", str(keys))))
+        assert "(no-key" not in wait_for_success(server, run)
     finally:
         stop_all(server, workers)
     check_run(run, trials=5, bootstrap=8)

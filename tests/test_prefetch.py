@@ -61,14 +61,13 @@ def test_dft_workers_joining_late_and_leaving_early(tmp_path):
     import signal
 
     from .test_end_to_end import check_run, free_port, stop_all, wait_for
-    from .test_faults import start_server, start_worker, wait_for_trials
+    from .test_faults import start_server, start_worker, start_workers, wait_for_success, wait_for_trials
 
     config = write_config(tmp_path, trials=40, calculator="slhmc.validation:delayed_emt",
                           options="[reference.options]\ndelay_s = 0.1", timeout=2.0)
     run, address = tmp_path / "run", f"tcp://127.0.0.1:{free_port()}"
     server = start_server(config, run, address)
-    workers = {name: start_worker(role, name, address)
-               for role, name in [("mlmd", "m"), ("trainer", "t"), ("dft", "dft-a")]}
+    workers = start_workers(address, [("mlmd", "m"), ("trainer", "t"), ("dft", "dft-a")])
     try:
         wait_for_trials(run, 5)
         for name in ("dft-b", "dft-c"):
@@ -77,8 +76,7 @@ def test_dft_workers_joining_late_and_leaving_early(tmp_path):
         wait_for_trials(run, 20)
         workers["dft-a"].send_signal(signal.SIGTERM)
         workers["dft-c"].send_signal(signal.SIGKILL)
-        _, err = server.communicate(timeout=600)
-        assert server.returncode == 0, err[-3000:]
+        wait_for_success(server, run)
         assert workers["dft-a"].wait(timeout=20) == 130  # it left on its own, after saying bye
     finally:
         stop_all(server, workers)
