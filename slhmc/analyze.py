@@ -159,6 +159,25 @@ def summarize(trials: list[dict], n_reference_calls: int | None = None) -> dict:
     return summary
 
 
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_rdf(rdf_data: dict, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for pair, d in rdf_data["pairs"].items():
+        ax.plot(d["r"], d["g"], label=pair)
+    ax.set(xlabel="r (Å)", ylabel=rdf_data["kind"], title=title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def plot(run_dir: Path, trials: list[dict], summary: dict, rdf_data: dict, msd_data: np.ndarray) -> list[str]:
     import matplotlib
 
@@ -172,9 +191,7 @@ def plot(run_dir: Path, trials: list[dict], summary: dict, rdf_data: dict, msd_d
     changes = idx[1:][np.diff(models) != 0]
 
     def finish(fig, name: str) -> None:
-        fig.tight_layout()
-        fig.savefig(run_dir / name, dpi=120)
-        plt.close(fig)
+        _save(fig, run_dir / name)
         written.append(name)
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -210,12 +227,8 @@ def plot(run_dir: Path, trials: list[dict], summary: dict, rdf_data: dict, msd_d
     finish(fig, "ml_error.png")
 
     if rdf_data:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for pair, d in rdf_data["pairs"].items():
-            ax.plot(d["r"], d["g"], label=pair)
-        ax.set(xlabel="r (Å)", ylabel=rdf_data["kind"], title="Radial distribution of the chain")
-        ax.legend(fontsize=8)
-        finish(fig, "rdf.png")
+        _plot_rdf(rdf_data, "Radial distribution of the chain", run_dir / "rdf.png")
+        written.append("rdf.png")
 
     if len(msd_data):
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -293,19 +306,10 @@ def analyze_md(md_dir: Path, plots: bool = True) -> int:
         top = ax.secondary_xaxis("top", functions=(lambda x: 1e3 * x * EV_PER_THZ, lambda e: e / (1e3 * EV_PER_THZ)))
         top.set_xlabel("energy (meV)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(md_dir / "dos.png", dpi=120)
-        plt.close(fig)
+        _save(fig, md_dir / "dos.png")
         written.append("dos.png")
         if rdf_data:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            for pair, d in rdf_data["pairs"].items():
-                ax.plot(d["r"], d["g"], label=pair)
-            ax.set(xlabel="r (Å)", ylabel=rdf_data["kind"], title=f"Radial distribution, {meta['temperature_K']:.0f} K")
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(md_dir / "rdf.png", dpi=120)
-            plt.close(fig)
+            _plot_rdf(rdf_data, f"Radial distribution, {meta['temperature_K']:.0f} K", md_dir / "rdf.png")
             written.append("rdf.png")
     summary["plots"] = written
     (md_dir / "summary.json").write_text(json.dumps(summary, indent=2))
