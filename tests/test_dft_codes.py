@@ -21,6 +21,17 @@ from .test_end_to_end import env
 pytest.importorskip("pyscf")
 
 
+def fd_force(atoms, calc, atom: int, axis: int, d: float) -> float:
+    """-dE/dx by central differences, with the same calculator (the same warm code process)."""
+    energies = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions[atom, axis] += sign * d
+        moved.calc = calc
+        energies.append(moved.get_potential_energy())
+    return -(energies[0] - energies[1]) / (2 * d)
+
+
 def water():
     a = molecule("H2O")
     a.rattle(0.03, seed=2)
@@ -77,14 +88,7 @@ def test_tblite_reference():
     atoms.calc = make_calculator("tblite", {})
     f = atoms.get_forces()
     e = atoms.get_potential_energy()
-    d = 1e-4
-    plus, minus = atoms.copy(), atoms.copy()
-    plus.positions[0, 2] += d
-    minus.positions[0, 2] -= d
-    plus.calc = make_calculator("tblite", {})
-    minus.calc = make_calculator("tblite", {})
-    fd = -(plus.get_potential_energy() - minus.get_potential_energy()) / (2 * d)
-    assert f[0, 2] == pytest.approx(fd, abs=2e-3) and np.isfinite(e)
+    assert f[0, 2] == pytest.approx(fd_force(atoms, atoms.calc, 0, 2, 1e-4), abs=2e-3) and np.isfinite(e)
 
 
 def test_short_slhmc_chain_with_pyscf_dft(tmp_path):
@@ -205,14 +209,8 @@ def test_cp2k_shell_stays_alive_and_forces_are_gradients():
     atoms.pbc = True
     atoms.calc = calc
     f = atoms.get_forces()
-    d = 2e-3
-    energies = []
-    for sign in (1, -1):
-        moved = atoms.copy()
-        moved.positions[1, 1] += sign * d
-        moved.calc = calc  # the same cp2k_shell serves every structure
-        energies.append(moved.get_potential_energy())
-    assert f[1, 1] == pytest.approx(-(energies[0] - energies[1]) / (2 * d), abs=0.02)
+    # the same cp2k_shell serves every displaced structure
+    assert f[1, 1] == pytest.approx(fd_force(atoms, calc, 1, 1, 2e-3), abs=0.02)
 
 
 def test_vasp_input_writing(tmp_path):
@@ -232,12 +230,5 @@ def test_pyscf_periodic_forces_are_gradients():
     atoms = Atoms("H2", positions=[[0, 0, 0], [0.74, 0.05, 0]], cell=[4, 4, 4], pbc=True)
     atoms.calc = calc
     f = atoms.get_forces()
-    d = 1e-3
-    energies = []
-    for sign in (1, -1):
-        moved = atoms.copy()
-        moved.positions[1, 0] += sign * d
-        moved.calc = calc
-        energies.append(moved.get_potential_energy())
     assert abs(f[1, 0]) > 1.0
-    assert f[1, 0] == pytest.approx(-(energies[0] - energies[1]) / (2 * d), abs=1e-3)
+    assert f[1, 0] == pytest.approx(fd_force(atoms, calc, 1, 0, 1e-3), abs=1e-3)
