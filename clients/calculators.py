@@ -55,8 +55,17 @@ def require_executable(command: str, code: str, program: str, install_hint: str)
         )
 
 
+def check_name(name: str) -> None:
+    """A ``reference.calculator`` name has a valid form: a builtin or ``module:function`` (nothing imported)."""
+    if name not in BUILTIN and ":" not in name:
+        raise CalculatorConfigError(
+            f"reference.calculator {name!r} is unknown; use one of {sorted(BUILTIN)} or 'module:function'"
+        )
+
+
 def resolve_factory(name: str) -> Callable[..., Calculator]:
     """The factory behind a ``reference.calculator`` name: a builtin or an importable ``module:function``."""
+    check_name(name)
     if name in BUILTIN:
         module_name, attr, defaults = BUILTIN[name]
         try:
@@ -67,10 +76,6 @@ def resolve_factory(name: str) -> Callable[..., Calculator]:
                 f"({err}); install it on this DFT worker's machine"
             ) from None
         return functools.partial(cls, **defaults) if defaults else cls
-    if ":" not in name:
-        raise CalculatorConfigError(
-            f"reference.calculator {name!r} is unknown; use one of {sorted(BUILTIN)} or 'module:function'"
-        )
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
