@@ -7,7 +7,7 @@ import logging
 from slhmc.potential.descriptors import DescriptorSpec
 from slhmc.potential.network import BPNN, resolve_device
 from slhmc.potential.serialization import model_from_bytes, model_to_bytes
-from slhmc.potential.training import Featurized, FitSettings, Label, featurize, fit
+from slhmc.potential.training import FitSettings, Label, LabelStore, fit
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +19,13 @@ class TrainerHandler:
         self.device = resolve_device(device)
         self.config: dict = {}
         self.labels: dict[int, Label] = {}
-        self.featurized: dict[int, Featurized] = {}
+        self.store: LabelStore | None = None  # featurized labels, kept across refits
         self.model: BPNN | None = None
 
     def configure(self, config: dict) -> None:
         self.config = config
         self.labels.clear()  # the server re-sends the dataset after every welcome
-        self.featurized.clear()
+        self.store = None
         self.model = None
 
     def handle(self, msg: dict) -> tuple[str, dict] | None:
@@ -42,10 +42,7 @@ class TrainerHandler:
 
     def _adopt(self, data: bytes) -> None:
         """Warm-start from the server's current model, not from whatever this process holds."""
-        model, _ = model_from_bytes(data, self.device)
-        if self.model is None or model.spec != self.model.spec:
-            self.featurized.clear()  # descriptors depend on the spec only, not on the weights
-        self.model = model
+        self.model, _ = model_from_bytes(data, self.device)
 
     def _new_model(self, label_ids: list[int]) -> BPNN:
         pot = self.config["potential"]
@@ -61,16 +58,19 @@ class TrainerHandler:
         warm = warm_start and self.model is not None
         if self.model is None:
             self.model = self._new_model(label_ids)
-        for i in label_ids:
-            if i not in self.featurized:
-                self.featurized[i] = featurize(self.model, self.labels[i])
+        force_atoms = int(cfg_train.get("force_atoms", 0))
+        if self.store is None or not self.store.compatible(self.model, force_atoms):
+            self.store = LabelStore(self.model, force_atoms)
+        # in label order, so that the store's chunks are the same whenever the same labels arrive
+        self.store.featurize_and_add(self.model, (self.labels[i] for i in sorted(label_ids)))
         settings = FitSettings(
             force_weight=cfg_train["force_weight"],
             validation_fraction=cfg_train["validation_fraction"],
             max_steps=cfg_train["max_steps"],
-            seed=int(self.config["hmc"]["seed"]) + version,
+            # one split for the whole run: a label validated on must never have been trained on
+            seed=int(self.config["hmc"]["seed"]),
         )
-        metrics = fit(self.model, [self.featurized[i] for i in label_ids], settings, warm_start=warm)
+        metrics = fit(self.model, self.store, settings, warm_start=warm, label_ids=label_ids)
         metrics["warm_start"] = warm
         val = metrics["validation"]
         log.info("model %d: %d labels, validation %s meV/atom, %s meV/Å, %.1f s", version, len(label_ids),

@@ -197,3 +197,107 @@ def symmetry_functions(
         slot = i[pa] * spec.n_pairs + pair_index[species[j[pa]], species[j[pb]]]
         g4 = g4.index_add(0, slot, g4_terms)
     return torch.cat([g2, g4.reshape(n_atoms, spec.n_pairs * n_ang)], dim=1)
+
+
+def _cutoff_and_slope(r: torch.Tensor, rc: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fc(r) (as ``cosine_cutoff``) and dfc/dr, both zero from rc on."""
+    x = (math.pi / rc) * r.clamp(max=rc)
+    return 0.5 * (torch.cos(x) + 1.0), (-0.5 * math.pi / rc) * torch.sin(x) * (r < rc)
+
+
+def symmetry_functions_with_jacobian(
+    spec: DescriptorSpec,
+    species: torch.Tensor,
+    vectors: torch.Tensor,
+    i: torch.Tensor,
+    j: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """G (n_atoms, n_features), as ``symmetry_functions``, and dG_i/dD_p (P, n_features, 3).
+
+    Pair p enters only the features of its centre i, so (P, F, 3) holds the whole Jacobian. It is
+    written out analytically, one vectorised pass over pairs and triplets, because autograd
+    needs one backward pass per feature column for it (the trainer's featurisation was 40 of
+    them). ``tests/test_training.py`` checks it against autograd to rounding.
+    """
+    n_atoms, n_el = species.shape[0], spec.n_elements
+    n_pairs_all, n_feat = vectors.shape[0], spec.n_features
+    dtype, device = vectors.dtype, vectors.device
+    vectors = vectors.detach()
+    dist = torch.linalg.norm(vectors, dim=1)
+    unit = vectors / dist.unsqueeze(1)
+    jac = torch.zeros(n_pairs_all, n_feat, 3, dtype=dtype, device=device)
+
+    # radial: g(r) = exp(-eta (r - rs)^2) fc(r); dG/dD_p = g'(r) D_p / r in the columns of Z_j
+    eta_r, rs = torch.tensor(spec.radial, dtype=dtype, device=device).T
+    n_rad = len(spec.radial)
+    fc, dfc = _cutoff_and_slope(dist, spec.cutoff)
+    shifted = dist.unsqueeze(1) - rs
+    gauss = torch.exp(-eta_r * shifted**2)
+    g2_terms = gauss * fc.unsqueeze(1)
+    g2_slope = gauss * (-2.0 * eta_r * shifted * fc.unsqueeze(1) + dfc.unsqueeze(1))
+    g2 = torch.zeros(n_atoms * n_el, n_rad, dtype=dtype, device=device)
+    g2 = g2.index_add(0, i * n_el + species[j], g2_terms).reshape(n_atoms, n_el * n_rad)
+    radial_jac = torch.zeros(n_pairs_all, n_el, n_rad, 3, dtype=dtype, device=device)
+    radial_jac[torch.arange(n_pairs_all, device=device), species[j]] = g2_slope.unsqueeze(2) * unit.unsqueeze(1)
+    jac[:, : n_el * n_rad] = radial_jac.reshape(n_pairs_all, n_el * n_rad, 3)
+
+    n_ang = len(spec.angular)
+    g4 = torch.zeros(n_atoms * spec.n_pairs, n_ang, dtype=dtype, device=device)
+    close = (dist < spec.angular_cutoff).nonzero(as_tuple=True)[0]
+    pa, pb = triplets(i[close], n_atoms)
+    if pa.numel():
+        rc = spec.angular_cutoff
+        etas = sorted({a[0] for a in spec.angular})
+        zeta_lams = sorted({(a[1], a[2]) for a in spec.angular})
+        eta_t = torch.tensor(etas, dtype=dtype, device=device)
+        d_c, u_c = dist[close], unit[close]
+        fc_c, dfc_c = _cutoff_and_slope(d_c, rc)
+        # per pair and eta: P(r) = exp(-eta r^2) fc(r) and dP/dr
+        gauss_c = torch.exp(-eta_t * d_c.unsqueeze(1) ** 2)
+        pf = gauss_c * fc_c.unsqueeze(1)
+        pf_slope = gauss_c * (-2.0 * eta_t * d_c.unsqueeze(1) * fc_c.unsqueeze(1) + dfc_c.unsqueeze(1))
+        a_vec, b_vec = vectors[close][pa], vectors[close][pb]
+        ra, rb, ua, ub = d_c[pa], d_c[pb], u_c[pa], u_c[pb]
+        c_vec = b_vec - a_vec
+        r_jk = torch.linalg.norm(c_vec, dim=1)
+        uc = c_vec / r_jk.unsqueeze(1)
+        fc_jk, dfc_jk = _cutoff_and_slope(r_jk, rc)
+        gauss_jk = torch.exp(-eta_t * r_jk.unsqueeze(1) ** 2)
+        q = gauss_jk * fc_jk.unsqueeze(1)
+        q_slope = gauss_jk * (-2.0 * eta_t * r_jk.unsqueeze(1) * fc_jk.unsqueeze(1) + dfc_jk.unsqueeze(1))
+        pa_f, pb_f, pa_s, pb_s = pf[pa], pf[pb], pf_slope[pa], pf_slope[pb]
+        radial_part = pa_f * pb_f * q  # (T, E)
+        # d r_jk / d a = -u_c, d r_jk / d b = +u_c (c = b - a)
+        along_jk = (pa_f * pb_f * q_slope).unsqueeze(2) * uc.unsqueeze(1)
+        d_rad_a = (pa_s * pb_f * q).unsqueeze(2) * ua.unsqueeze(1) - along_jk
+        d_rad_b = (pa_f * pb_s * q).unsqueeze(2) * ub.unsqueeze(1) + along_jk
+        cos_t = (a_vec * b_vec).sum(1) / (ra * rb)
+        d_cos_a = (ub - cos_t.unsqueeze(1) * ua) / ra.unsqueeze(1)
+        d_cos_b = (ua - cos_t.unsqueeze(1) * ub) / rb.unsqueeze(1)
+        base = [1.0 + lam * cos_t for _, lam in zeta_lams]
+        ang = torch.stack([2.0 ** (1.0 - z) * _int_power(x, z) for (z, _), x in zip(zeta_lams, base, strict=True)], 1)
+        ang_slope = torch.stack([
+            2.0 ** (1.0 - z) * z * lam * (_int_power(x, z - 1) if z > 1 else torch.ones_like(x))
+            for (z, lam), x in zip(zeta_lams, base, strict=True)], 1)  # (T, Z)
+        n_t = len(pa)
+        g4_terms = (radial_part.unsqueeze(2) * ang.unsqueeze(1)).reshape(n_t, -1)
+        d_a = (d_rad_a.unsqueeze(2) * ang.unsqueeze(1).unsqueeze(3)
+               + (radial_part.unsqueeze(2) * ang_slope.unsqueeze(1)).unsqueeze(3) * d_cos_a.unsqueeze(1).unsqueeze(1))
+        d_b = (d_rad_b.unsqueeze(2) * ang.unsqueeze(1).unsqueeze(3)
+               + (radial_part.unsqueeze(2) * ang_slope.unsqueeze(1)).unsqueeze(3) * d_cos_b.unsqueeze(1).unsqueeze(1))
+        d_a, d_b = d_a.reshape(n_t, -1, 3), d_b.reshape(n_t, -1, 3)
+        order = [etas.index(e) * len(zeta_lams) + zeta_lams.index((z, lam)) for e, z, lam in spec.angular]
+        if order != list(range(g4_terms.shape[1])):
+            g4_terms, d_a, d_b = g4_terms[:, order], d_a[:, order], d_b[:, order]
+        pa, pb = close[pa], close[pb]
+        pair_index = torch.zeros(n_el, n_el, dtype=torch.long, device=device)
+        rows, cols = torch.triu_indices(n_el, n_el, device=device)
+        pair_index[rows, cols] = torch.arange(rows.numel(), device=device)
+        pair_index[cols, rows] = pair_index[rows, cols]
+        slot_of = pair_index[species[j[pa]], species[j[pb]]]
+        g4 = g4.index_add(0, i[pa] * spec.n_pairs + slot_of, g4_terms)
+        ang_jac = torch.zeros(n_pairs_all * spec.n_pairs, n_ang, 3, dtype=dtype, device=device)
+        ang_jac = ang_jac.index_add(0, torch.cat([pa * spec.n_pairs + slot_of, pb * spec.n_pairs + slot_of]),
+                                    torch.cat([d_a, d_b]))
+        jac[:, n_el * n_rad :] = ang_jac.reshape(n_pairs_all, spec.n_pairs * n_ang, 3)
+    return torch.cat([g2, g4.reshape(n_atoms, spec.n_pairs * n_ang)], dim=1), jac

@@ -1,15 +1,33 @@
-"""Fitting a BPNN on reference energies and forces.
+"""Fitting a BPNN on reference energies and forces, in bounded memory.
 
-Training positions never move, so each label's symmetry functions G and their Jacobian
-dG_i/dr_j are computed once (autograd) and kept. An epoch is then only the per-element MLPs:
-forces are F_j = -sum_i (dE/dG_i) . dG_i/dr_j, a sparse contraction over the (i, j) blocks that
-are non-zero. This makes a refit cost seconds instead of minutes of re-running the descriptor.
+Training positions never move, so each label's symmetry functions G and the Jacobian blocks
+dG_i/dr_j are computed once (autograd) and kept. An L-BFGS iteration is then only the
+per-element MLPs and a sparse contraction: F_j = -sum_i (dE/dG_i) . dG_i/dr_j over the (i, j)
+blocks that are non-zero. This makes a refit cost seconds instead of minutes of re-running the
+descriptor on every iteration.
+
+Memory is what bounds a run of thousands of labels, and the Jacobian is nearly all of it (for a
+96-atom Si/O cell, 8,000 blocks of 40 features x 3 = 7.7 MB per label in float64). Three choices
+keep it near half a megabyte per label (measured in ``benchmarks/trainer_scaling.py``):
+
+- **Force atoms**: only the forces on ``force_atoms`` atoms per label (a fixed subset, chosen
+  from the label's own coordinates so it does not depend on label numbering or worker count)
+  enter the loss, so only their Jacobian columns are kept. Every energy is used. Consecutive
+  chain labels are strongly correlated, so a dataset of hundreds of labels carries far more
+  force components than a network of a few thousand weights can use; n2p2 and others fit a
+  fraction of the force components per epoch for the same reason.
+- **float32 Jacobian**: the blocks are stored, and contracted, in single precision; the MLPs,
+  energies and the loss stay in the model's dtype. A relative 1e-7 error in a training force is
+  far below any fit error, and it never touches the MD (its forces are autograd of the energy).
+- **Chunks**: labels are packed into a few large batches once (``LabelStore``); the loss and its
+  gradient are accumulated chunk by chunk, so the autograd graph of only one chunk is alive.
 
 Loss: mean((E_pred - E)/N_atoms)^2 + force_weight * mean(|F_pred - F|^2) (eV, Å). Optimiser:
-full-batch L-BFGS with a strong-Wolfe line search (for networks of a few hundred weights it
-converges in far fewer passes than Adam), early stopping on a validation split that is a fixed
-function of (seed, label id), so a label never moves between training and validation sets as
-the data grows, and the best-validation weights are the ones kept.
+full-batch L-BFGS with a strong-Wolfe line search (for networks of a few thousand weights it
+converges in far fewer passes than Adam; ``benchmarks/fit_optimizers.py``), early stopping on a
+validation split that is a fixed function of (seed, position in the training list), so a label
+never moves from training into validation as the data grows; the best-validation weights are
+the ones kept.
 """
 
 from __future__ import annotations
@@ -17,15 +35,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .descriptors import symmetry_functions
+from .descriptors import symmetry_functions_with_jacobian
 from .network import BPNN
 
 log = logging.getLogger(__name__)
+
+JACOBIAN_DTYPE = torch.float32
+CHUNK_JACOBIAN_ELEMENTS = 6_000_000  # ~24 MB of float32 Jacobian per chunk: large ops, small graphs
 
 
 @dataclass
@@ -53,95 +76,196 @@ class Label:
         )
 
 
+def choose_force_atoms(label: Label, force_atoms: int) -> np.ndarray:
+    """The atoms whose forces a label contributes (all when ``force_atoms`` is 0 or >= N).
+
+    Keyed by the label's coordinates, not its id: labels are numbered in arrival order, which
+    depends on how many DFT workers there are, and deterministic runs must not.
+    """
+    n = len(label.numbers)
+    if force_atoms <= 0 or force_atoms >= n:
+        return np.arange(n)
+    key = zlib.crc32(np.ascontiguousarray(label.positions, dtype=np.float64).tobytes())
+    return np.sort(np.random.default_rng([key, n]).permutation(n)[:force_atoms])
+
+
 @dataclass
 class Featurized:
-    """A label with its fixed descriptor and descriptor Jacobian blocks dG_i/dr_j."""
+    """A label with its fixed descriptor and the Jacobian blocks of its force atoms."""
 
     label_id: int
     species: torch.Tensor  # (N,)
     features: torch.Tensor  # (N, F)
     jac_i: torch.Tensor  # (P,) centre atom of each non-zero block
-    jac_j: torch.Tensor  # (P,) atom whose displacement the block differentiates by
-    jac: torch.Tensor  # (P, F, 3)
+    jac_j: torch.Tensor  # (P,) row of ``forces`` (index into the force atoms) the block belongs to
+    jac: torch.Tensor  # (P, F, 3) dG_i/dr_j, JACOBIAN_DTYPE
     energy: float
-    forces: torch.Tensor  # (N, 3)
+    forces: torch.Tensor  # (M, 3) reference forces on the force atoms
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in (self.species, self.features, self.jac_i, self.jac_j,
+                                                          self.jac, self.forces))
 
 
-def featurize(model: BPNN, label: Label) -> Featurized:
-    """Descriptor and its Jacobian for one label.
+def featurize(model: BPNN, label: Label, force_atoms: int = 0) -> Featurized:
+    """Descriptor of every atom, and dG_i/dr_j for the force atoms j (see ``choose_force_atoms``).
 
-    Each pair p = (i, j, shift) enters only atom i's features, through its vector D_p = r_j - r_i
-    (+ shift). So one backward pass per feature column f of sum_i G_if gives every dG_if/dD_p, and
-    dG_i/dr_j = sum over pairs p of i with neighbour j of dG_i/dD_p, dG_i/dr_i = -sum_p dG_i/dD_p.
-    F cheap backward passes instead of N*F.
+    dG_i/dr_j = sum over pairs p = (i -> j) of dG_i/dD_p, and dG_j/dr_j = -sum over pairs p of
+    centre j of dG_j/dD_p.
     """
     species = model.species_index(label.numbers)
     i, j, shifts = model.pairs(label.positions, label.cell, label.pbc)
     dev = model.device
     pos = torch.tensor(label.positions, dtype=model.dtype, device=dev)
     cell = torch.tensor(label.cell, dtype=model.dtype, device=dev)
-    vectors = (pos[j] - pos[i] + shifts.to(model.dtype) @ cell).requires_grad_(True)
-    feats = symmetry_functions(model.spec, species, vectors, i, j)
+    vectors = pos[j] - pos[i] + shifts.to(model.dtype) @ cell
+    feats, dG_dD = symmetry_functions_with_jacobian(model.spec, species, vectors, i, j)
     n, f = feats.shape
-    columns = [
-        torch.autograd.grad(feats[:, k].sum(), vectors, retain_graph=k < f - 1, allow_unused=True)[0]
-        for k in range(f)
-    ]
-    columns = [torch.zeros_like(vectors) if c is None else c for c in columns]
-    dG_dD = torch.stack(columns, dim=1)  # (P, F, 3)
-    keys = torch.cat([i * n + j, i * n + i])
+
+    chosen = torch.from_numpy(choose_force_atoms(label, force_atoms)).to(dev)
+    row_of = torch.full((n,), -1, dtype=torch.long, device=dev)
+    row_of[chosen] = torch.arange(len(chosen), device=dev)
+    m = len(chosen)
+    to_j = (row_of[j] >= 0).nonzero(as_tuple=True)[0]  # pairs whose neighbour is a force atom
+    of_i = (row_of[i] >= 0).nonzero(as_tuple=True)[0]  # pairs centred on a force atom (self block)
+    keys = torch.cat([i[to_j] * m + row_of[j[to_j]], i[of_i] * m + row_of[i[of_i]]])
     unique, inverse = torch.unique(keys, return_inverse=True)
     blocks = torch.zeros(len(unique), f, 3, dtype=model.dtype, device=dev)
-    blocks = blocks.index_add(0, inverse, torch.cat([dG_dD, -dG_dD]))
-    return Featurized(
-        label.label_id,
-        species,
-        feats.detach(),
-        unique // n,
-        unique % n,
-        blocks,
-        float(label.energy),
-        torch.tensor(label.forces, dtype=model.dtype, device=dev),
-    )
+    blocks = blocks.index_add(0, inverse, torch.cat([dG_dD[to_j], -dG_dD[of_i]]))
+    forces = torch.tensor(np.asarray(label.forces)[chosen.cpu().numpy()], dtype=model.dtype, device=dev)
+    return Featurized(label.label_id, species, feats.detach(), unique // m, unique % m,
+                      blocks.to(JACOBIAN_DTYPE), float(label.energy), forces)
 
 
 @dataclass
-class _Batch:
-    species: torch.Tensor
-    features: torch.Tensor
-    structure: torch.Tensor  # structure index of each atom
+class Batch:
+    """Several featurized labels concatenated, with the indices that tie atoms to structures."""
+
+    label_ids: list[int]
+    species: torch.Tensor  # (A,)
+    features: torch.Tensor  # (A, F)
+    structure: torch.Tensor  # (A,) structure index of each atom
     n_atoms: torch.Tensor  # (S,)
-    jac_i: torch.Tensor
-    jac_j: torch.Tensor
-    jac: torch.Tensor
+    counts: torch.Tensor  # (S, n_elements) atoms of each element per structure
+    jac_i: torch.Tensor  # (P,) into atoms
+    jac_j: torch.Tensor  # (P,) into force rows
+    jac: torch.Tensor  # (P, F, 3)
     energy: torch.Tensor  # (S,)
-    forces: torch.Tensor  # (sum N, 3)
+    forces: torch.Tensor  # (R, 3)
+    force_structure: torch.Tensor  # (R,) structure index of each force row
 
     @classmethod
-    def of(cls, items: list[Featurized]) -> _Batch:
+    def of(cls, items: Sequence[Featurized], n_elements: int) -> Batch:
         dtype, dev = items[0].features.dtype, items[0].features.device
-        offsets = np.cumsum([0] + [len(it.species) for it in items])[:-1]  # first atom of each structure
+        atom_off = np.cumsum([0] + [len(it.species) for it in items])[:-1]
+        row_off = np.cumsum([0] + [len(it.forces) for it in items])[:-1]
+
+        def per_structure(sizes: Iterable[int]) -> torch.Tensor:
+            return torch.cat([torch.full((s,), k, dtype=torch.long, device=dev) for k, s in enumerate(sizes)])
+
+        species = torch.cat([it.species for it in items])
+        structure = per_structure(len(it.species) for it in items)
+        counts = torch.zeros(len(items), n_elements, dtype=dtype, device=dev)
+        counts.index_put_((structure, species), torch.ones_like(species, dtype=dtype), accumulate=True)
         return cls(
-            torch.cat([it.species for it in items]),
+            [it.label_id for it in items],
+            species,
             torch.cat([it.features for it in items]),
-            torch.cat([torch.full((len(it.species),), k, dtype=torch.long, device=dev) for k, it in enumerate(items)]),
+            structure,
             torch.tensor([len(it.species) for it in items], dtype=dtype, device=dev),
-            torch.cat([it.jac_i + int(o) for it, o in zip(items, offsets, strict=True)]),
-            torch.cat([it.jac_j + int(o) for it, o in zip(items, offsets, strict=True)]),
+            counts,
+            torch.cat([it.jac_i + int(o) for it, o in zip(items, atom_off, strict=True)]),
+            torch.cat([it.jac_j + int(o) for it, o in zip(items, row_off, strict=True)]),
             torch.cat([it.jac for it in items]),
             torch.tensor([it.energy for it in items], dtype=dtype, device=dev),
             torch.cat([it.forces for it in items]),
+            per_structure(len(it.forces) for it in items),
         )
 
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in vars(self).values() if isinstance(t, torch.Tensor))
 
-def predict(model: BPNN, batch: _Batch, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Structure energies (S,) and atomic forces (sum N, 3) from the fixed descriptors."""
+
+class LabelStore:
+    """Featurized labels packed into chunks, each concatenated once.
+
+    Labels go into an open list; when its Jacobian reaches ``CHUNK_JACOBIAN_ELEMENTS`` it is
+    concatenated into a sealed ``Batch`` and the per-label tensors are dropped, so each label is
+    held once. A fit reads the sealed chunks plus a temporary batch of the open list.
+    """
+
+    def __init__(self, model: BPNN, force_atoms: int = 0) -> None:
+        self.spec = model.spec
+        self.dtype = model.dtype
+        self.force_atoms = force_atoms
+        self.n_elements = model.spec.n_elements
+        self.sealed: list[Batch] = []
+        self.open: list[Featurized] = []
+        self._open_elements = 0
+        self.ids: set[int] = set()
+
+    def compatible(self, model: BPNN, force_atoms: int) -> bool:
+        """Descriptors depend on the spec (and dtype) only, not on the weights."""
+        return model.spec == self.spec and model.dtype == self.dtype and force_atoms == self.force_atoms
+
+    def __contains__(self, label_id: int) -> bool:
+        return label_id in self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, item: Featurized) -> None:
+        if item.label_id in self.ids:
+            raise ValueError(f"label {item.label_id} is already in the store")
+        self.ids.add(item.label_id)
+        self.open.append(item)
+        self._open_elements += item.jac.numel()
+        if self._open_elements >= CHUNK_JACOBIAN_ELEMENTS:
+            self.sealed.append(Batch.of(self.open, self.n_elements))
+            self.open, self._open_elements = [], 0
+
+    def featurize_and_add(self, model: BPNN, labels: Iterable[Label]) -> None:
+        for label in labels:
+            if label.label_id not in self.ids:
+                self.add(featurize(model, label, self.force_atoms))
+
+    def batches(self) -> list[Batch]:
+        return self.sealed + ([Batch.of(self.open, self.n_elements)] if self.open else [])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.sealed) + sum(it.nbytes for it in self.open)
+
+
+class _Contract(torch.autograd.Function):
+    """out[p] = dE/dG_p . J_p for every block p: (P, F) x (P, F, 3) -> (P, 3).
+
+    The same as ``einsum("pf,pfc->pc")``, with both directions written as the batched products
+    that are fastest on the CPU for these shapes (autograd's own backward of the einsum went
+    through a transposed copy of the Jacobian, 2x slower). J is data: no gradient flows to it.
+    """
+
+    @staticmethod
+    def forward(ctx, dE_dG: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(jac)
+        return torch.bmm(dE_dG.unsqueeze(1), jac).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (jac,) = ctx.saved_tensors
+        return torch.bmm(jac, grad.unsqueeze(2)).squeeze(2), None
+
+
+def predict(model: BPNN, batch: Batch, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Structure energies (S,) and forces on the force rows (R, 3) from the fixed descriptors."""
     feats = batch.features.detach().requires_grad_(True)
     atomic = model.atomic_energies(feats, batch.species)
     energy = torch.zeros_like(batch.energy).index_add(0, batch.structure, atomic)
     (dE_dG,) = torch.autograd.grad(atomic.sum(), feats, create_graph=create_graph)
-    contrib = torch.einsum("pf,pfc->pc", dE_dG[batch.jac_i], batch.jac)
-    forces = -torch.zeros_like(batch.forces).index_add(0, batch.jac_j, contrib)
+    contrib = _Contract.apply(dE_dG.index_select(0, batch.jac_i).to(batch.jac.dtype), batch.jac)
+    forces = -torch.zeros_like(batch.forces).index_add(0, batch.jac_j, contrib.to(batch.forces.dtype))
     return energy, forces
 
 
@@ -151,72 +275,180 @@ class FitSettings:
     validation_fraction: float = 0.1
     max_steps: int = 30  # L-BFGS outer steps of up to ``iterations_per_step`` iterations each
     iterations_per_step: int = 10
-    patience: int = 4  # outer steps without validation improvement before stopping
+    patience: int = 3  # outer steps without a validation improvement of ``min_improvement`` before stopping
+    min_improvement: float = 0.005  # relative
     seed: int = 0
 
 
+def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Positions 0..n-1 split into training and validation; membership is a fixed function of
+    (seed, position), and a position never moves from training into validation as n grows.
+
+    Each position is in validation with probability ``fraction``; small sets get at least
+    min(4, n // 5) validation labels (those with the smallest keys), so early stopping of the
+    first fits does not hang on one label.
+    """
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    keys = [np.random.default_rng([seed, k]).random() for k in range(n)]
+    val = {k for k in range(n) if keys[k] < fraction}
+    least = max(1, min(4, n // 5))
+    if len(val) < least:
+        val |= set(sorted(range(n), key=keys.__getitem__)[:least])
+    if len(val) == n:
+        val.discard(max(val, key=keys.__getitem__))
+    return [k for k in range(n) if k not in val], sorted(val)
+
+
 @dataclass
-class FitResult:
-    metrics: dict = field(default_factory=dict)
+class _Masks:
+    """Which structures of one batch are in the loss: weights 0/1 per structure and force row."""
+
+    energy: torch.Tensor  # (S,)
+    force: torch.Tensor  # (R,)
 
 
-def split(keys: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Positions of training and validation items; membership is fixed per (seed, key)."""
-    val = [k for k, key in enumerate(keys) if np.random.default_rng([seed, key]).random() < fraction]
-    if fraction > 0 and not val and len(keys) > 1:
-        val = [len(keys) - 1]
-    if len(val) == len(keys):
-        val = val[1:]
-    val_set = set(val)
-    return [k for k in range(len(keys)) if k not in val_set], val
+@dataclass
+class _Part:
+    """One side of the split (training or validation) over all batches."""
+
+    masks: list[_Masks]
+    n_structures: int
+    n_force_components: int
+
+    def loss(self, model: BPNN, batches: list[Batch], force_weight: float, create_graph: bool,
+             each: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+        """The loss (mean over this part), chunk by chunk; ``each`` gets every chunk's term (backward)."""
+        total = torch.zeros((), dtype=model.dtype, device=model.device)
+        for b, m in zip(batches, self.masks, strict=True):
+            if not bool(m.energy.any()):
+                continue
+            energy, forces = predict(model, b, create_graph)
+            e_sq = (((energy - b.energy) / b.n_atoms) ** 2 * m.energy).sum() / max(self.n_structures, 1)
+            f_sq = ((forces - b.forces) ** 2).sum(1).mul(m.force).sum() / max(self.n_force_components, 1)
+            term = e_sq + force_weight * f_sq
+            if each is not None:
+                each(term)
+                term = term.detach()
+            total = total + term
+        return total
+
+    def errors(self, model: BPNN, batches: list[Batch]) -> dict:
+        """Energy RMSE (meV/atom) and force RMSE (meV/Å) of this part."""
+        if not self.n_structures:
+            return {"energy_rmse_mev_per_atom": None, "force_rmse_mev_per_A": None, "n": 0}
+        se = sf = 0.0
+        for b, m in zip(batches, self.masks, strict=True):
+            if not bool(m.energy.any()):
+                continue
+            energy, forces = predict(model, b, create_graph=False)
+            se += float(((((energy.detach() - b.energy) / b.n_atoms) ** 2) * m.energy).sum())
+            sf += float(((forces.detach() - b.forces) ** 2).sum(1).mul(m.force).sum())
+        return {"energy_rmse_mev_per_atom": 1e3 * math.sqrt(se / self.n_structures),
+                "force_rmse_mev_per_A": 1e3 * math.sqrt(sf / max(self.n_force_components, 1)),
+                "n": self.n_structures}
 
 
-def initialise_normalisation(model: BPNN, items: list[Featurized]) -> None:
+def _parts(batches: list[Batch], label_ids: Sequence[int], fraction: float, seed: int) -> tuple[_Part, _Part]:
+    """Training and validation masks for ``label_ids`` (in this order) over the store's batches.
+
+    Membership is by position in ``label_ids``, not by label id: a chain label keeps its place
+    whatever speculative labels were numbered in between (same model for any worker count).
+    Labels in the store but not in ``label_ids`` get weight 0.
+    """
+    train_pos, val_pos = split(len(label_ids), fraction, seed)
+    side = {}
+    for p in train_pos:
+        side[label_ids[p]] = 0
+    for p in val_pos:
+        side[label_ids[p]] = 1
+    parts = []
+    for which in (0, 1):
+        masks, n_s, n_f = [], 0, 0
+        for b in batches:
+            e = torch.tensor([1.0 if side.get(i) == which else 0.0 for i in b.label_ids], dtype=b.energy.dtype,
+                             device=b.energy.device)
+            f = e.index_select(0, b.force_structure)
+            masks.append(_Masks(e, f))
+            n_s += int(e.sum())
+            n_f += 3 * int(f.sum())
+        parts.append(_Part(masks, n_s, n_f))
+    return parts[0], parts[1]
+
+
+def initialise_normalisation(model: BPNN, batches: list[Batch], train: _Part) -> None:
     """Per-element feature mean/std and least-squares reference energies (first fit only)."""
-    batch = _Batch.of(items)
-    n_el = model.spec.n_elements
+    n_el, n_feat = model.spec.n_elements, model.spec.n_features
+    dtype, dev = model.dtype, model.device
+    count = torch.zeros(n_el, dtype=dtype, device=dev)
+    s1 = torch.zeros(n_el, n_feat, dtype=dtype, device=dev)
+    s2 = torch.zeros(n_el, n_feat, dtype=dtype, device=dev)
+    rows, energies = [], []
     with torch.no_grad():
+        for b, m in zip(batches, train.masks, strict=True):
+            w = m.energy.index_select(0, b.structure)
+            count.index_add_(0, b.species, w)
+            s1.index_add_(0, b.species, b.features * w.unsqueeze(1))
+            s2.index_add_(0, b.species, b.features**2 * w.unsqueeze(1))
+            keep = m.energy > 0
+            rows.append(b.counts[keep].cpu().numpy())
+            energies.append(b.energy[keep].cpu().numpy())
         for k in range(n_el):
-            sel = batch.features[batch.species == k]
-            if len(sel):
-                model.feature_mean[k] = sel.mean(0)
-                model.feature_std[k] = sel.std(0, unbiased=False).clamp_min(1e-6) if len(sel) > 1 else 1.0
-        counts = np.zeros((len(items), n_el))
-        for s, it in enumerate(items):
-            counts[s] = np.bincount(it.species.cpu().numpy(), minlength=n_el)
-        energies = np.array([it.energy for it in items])
-        ref, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-        model.ref_energy.copy_(torch.tensor(ref, dtype=model.dtype, device=model.device))
+            if count[k] > 0:
+                mean = s1[k] / count[k]
+                model.feature_mean[k] = mean
+                var = (s2[k] / count[k] - mean**2).clamp_min(0)
+                model.feature_std[k] = var.sqrt().clamp_min(1e-6) if count[k] > 1 else 1.0
+        ref, *_ = np.linalg.lstsq(np.concatenate(rows), np.concatenate(energies), rcond=None)
+        model.ref_energy.copy_(torch.tensor(ref, dtype=dtype, device=dev))
 
 
-def errors(model: BPNN, items: list[Featurized]) -> dict:
-    """Energy RMSE (meV/atom) and force RMSE (meV/Å) on ``items``."""
-    if not items:
-        return {"energy_rmse_mev_per_atom": None, "force_rmse_mev_per_A": None, "n": 0}
-    batch = _Batch.of(items)
-    energy, forces = predict(model, batch, create_graph=False)
-    de = ((energy.detach() - batch.energy) / batch.n_atoms).pow(2).mean().sqrt()
-    df = (forces.detach() - batch.forces).pow(2).mean().sqrt()
-    return {"energy_rmse_mev_per_atom": 1e3 * float(de), "force_rmse_mev_per_A": 1e3 * float(df), "n": len(items)}
+def _record_ranges(model: BPNN, batches: list[Batch], parts: Iterable[_Part]) -> None:
+    """The symmetry-function range of every label the model was fitted on (extrapolation check)."""
+    record = getattr(model, "record_feature_range", None)
+    if record is None:
+        return
+    in_fit = [sum(p.masks[k].energy for p in parts) for k in range(len(batches))]
+    for b, w in zip(batches, in_fit, strict=True):
+        atoms = (w.index_select(0, b.structure) > 0).nonzero(as_tuple=True)[0]
+        if atoms.numel():
+            record(b.features.index_select(0, atoms), b.species.index_select(0, atoms))
 
 
-def fit(model: BPNN, items: list[Featurized], settings: FitSettings, warm_start: bool) -> dict:
-    """Fit in place; returns metrics. ``warm_start`` keeps weights and normalisation."""
+def fit(
+    model: BPNN,
+    data: LabelStore | Sequence[Featurized],
+    settings: FitSettings,
+    warm_start: bool,
+    label_ids: Sequence[int] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Fit in place; returns metrics. ``warm_start`` keeps weights and normalisation.
+
+    ``data``: a ``LabelStore`` (and the ``label_ids`` to fit on, in order; default: all, in store
+    order) or a list of featurized labels. ``progress(step, validation_loss)`` after every step.
+    """
     t0 = time.perf_counter()
     torch.manual_seed(settings.seed)
-    # membership by position in the training list, not by label id: a chain label keeps its place
-    # whatever speculative labels were numbered in between (same model for any worker count)
-    train_pos, val_pos = split(list(range(len(items))), settings.validation_fraction, settings.seed)
-    train = [items[k] for k in train_pos]
-    val = [items[k] for k in val_pos]
+    if isinstance(data, LabelStore):
+        batches = data.batches()
+        if label_ids is None:
+            label_ids = [i for b in batches for i in b.label_ids]
+    else:
+        items = list(data)
+        batches = [Batch.of(items, model.spec.n_elements)]
+        label_ids = [it.label_id for it in items] if label_ids is None else label_ids
+    if len(set(label_ids)) != len(label_ids):
+        raise ValueError("label ids must be unique")
+    train, val = _parts(batches, list(label_ids), settings.validation_fraction, settings.seed)
+    if train.n_structures + val.n_structures != len(label_ids):
+        raise ValueError("some labels to fit on are not featurized")
     if not warm_start:
-        initialise_normalisation(model, train)
+        initialise_normalisation(model, batches, train)
         for net in model.nets:
             for layer in net:
                 if isinstance(layer, torch.nn.Linear):
                     layer.reset_parameters()
-    batch = _Batch.of(train)
-    val_batch = _Batch.of(val) if val else None
     optimiser = torch.optim.LBFGS(
         model.parameters(),
         lr=1.0,
@@ -226,40 +458,55 @@ def fit(model: BPNN, items: list[Featurized], settings: FitSettings, warm_start:
         tolerance_change=1e-14,
         tolerance_grad=1e-12,
     )
-
-    def loss_of(b: _Batch, create_graph: bool) -> torch.Tensor:
-        energy, forces = predict(model, b, create_graph)
-        e_term = ((energy - b.energy) / b.n_atoms).pow(2).mean()
-        f_term = (forces - b.forces).pow(2).mean()
-        return e_term + settings.force_weight * f_term
+    monitor_part = val if val.n_structures else train
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        loss = loss_of(batch, create_graph=True)
-        loss.backward()
-        return loss
+        return train.loss(model, batches, settings.force_weight, create_graph=True, each=lambda t: t.backward())
 
-    best = (math.inf, {k: v.clone() for k, v in model.state_dict().items()})
+    def monitor() -> float:
+        return monitor_part.loss(model, batches, settings.force_weight, create_graph=False).item()
+
+    best = (monitor(), {k: v.clone() for k, v in model.state_dict().items()})
+    if not math.isfinite(best[0]):
+        best = (math.inf, best[1])
     stale = steps = 0
+    converged = False
     for steps in range(1, settings.max_steps + 1):
         optimiser.step(closure)
-        monitor = loss_of(val_batch or batch, create_graph=False).item()
-        if not math.isfinite(monitor):
+        value = monitor()
+        if progress is not None:
+            progress(steps, value)
+        if not math.isfinite(value):
             log.warning("non-finite loss at step %d; keeping the best weights so far", steps)
             break
-        if monitor < best[0] * (1 - 1e-4):
-            best = (monitor, {k: v.clone() for k, v in model.state_dict().items()})
+        if value < best[0] * (1 - settings.min_improvement):
+            best = (value, {k: v.clone() for k, v in model.state_dict().items()})
             stale = 0
         else:
+            if value < best[0]:
+                best = (value, {k: v.clone() for k, v in model.state_dict().items()})
             stale += 1
             if stale >= settings.patience:
+                converged = True
                 break
-    if math.isfinite(best[0]):
-        model.load_state_dict(best[1])
+    model.load_state_dict(best[1])
+    _record_ranges(model, batches, (train, val))
     return {
-        "train": errors(model, train),
-        "validation": errors(model, val),
+        "train": train.errors(model, batches),
+        "validation": val.errors(model, batches),
         "steps": steps,
+        "converged": converged,
         "seconds": round(time.perf_counter() - t0, 3),
-        "n_labels": len(items),
+        "n_labels": len(label_ids),
     }
+
+
+def errors(model: BPNN, items: Sequence[Featurized]) -> dict:
+    """Energy RMSE (meV/atom) and force RMSE (meV/Å, force atoms only) on ``items``."""
+    if not items:
+        return {"energy_rmse_mev_per_atom": None, "force_rmse_mev_per_A": None, "n": 0}
+    batch = Batch.of(list(items), model.spec.n_elements)
+    everything = _Part([_Masks(torch.ones_like(batch.energy), torch.ones(len(batch.forces), dtype=batch.energy.dtype))],
+                       len(items), 3 * len(batch.forces))
+    return everything.errors(model, [batch])

@@ -15,7 +15,14 @@ Every label (accepted or not) is written to dataset.extxyz and forwarded to the 
 ``training.interval`` new labels a refit is requested, and its model is used by later trials. In
 deterministic mode refits happen at fixed chain trials, train on chain labels only (not on
 speculative ones, whose number depends on the worker count), and the chain waits for them. A
-failed reference call is retried and then stops the run: it is never turned into a rejection.
+refit is not requested when every remaining trial's trajectory has already started (no trial
+could use its model), and a refit still running after the last trial is abandoned, not waited
+for (the checkpoint keeps it: a --resume with more hmc.trials requests it again). A failed
+reference call is retried and then stops the run: it is never turned into a rejection.
+
+``training.initial_dataset`` frames are the first labels of a new run (``source=initial``),
+before the bootstrap; ``potential.initial_model`` is model 0 as it is, instead of a fit
+(slhmc.initial).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from ase.io import read
 from tqdm import tqdm
 
 from slhmc.config import Config
+from slhmc.initial import InitialModel, load_initial_model, potential_overrides, read_initial_dataset
 from slhmc.potential.serialization import model_from_bytes
 from slhmc.protocol import structure_fields
 
@@ -77,7 +85,7 @@ class HMCServer:
         socket_setup=None,
     ) -> None:
         self.cfg = config
-        self.files = RunFiles(out_dir, resume)
+        self.files = RunFiles(out_dir, resume, config)
         start = read(config.structure_path)
         self.template = Atoms(start.numbers, start.positions, cell=start.cell, pbc=start.pbc)
         self.masses = start.get_masses()
@@ -109,8 +117,14 @@ class HMCServer:
         self.progress_enabled = progress
         self.bar: tqdm | None = None
         self.t_start = time.monotonic()
+        self.initial_model: InitialModel | None = None
         if resume:
             self._restore(self.files.checkpoint)
+        elif config.initial_model_path is not None:
+            self.initial_model = load_initial_model(config.initial_model_path, set(start.numbers.tolist()))
+            for key, (ours, theirs) in potential_overrides(config, self.initial_model).items():
+                log.warning("%s = %s in the config, %s in the initial model %s: the model's is used (its form "
+                            "is that of every model of this run)", key, ours, theirs, self.initial_model.path)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def _atoms(self, positions: np.ndarray, cell: np.ndarray | None = None) -> Atoms:
@@ -170,7 +184,7 @@ class HMCServer:
         self.model_version = ckpt["model_version"]
         self.model_bytes = self.files.model_path(self.model_version).read_bytes()
         self.labels_since_fit = ckpt["labels_since_fit"]
-        if ckpt.get("pending_train"):
+        if ckpt.get("pending_train") and self.trial < self.cfg.hmc.trials:  # else no trial would use it
             self._request_fit(**ckpt["pending_train"])
         log.info("resumed at trial %d with model %d and %d labels", self.trial, self.model_version,
                  len(self.labels))
@@ -196,11 +210,19 @@ class HMCServer:
         # depends on how many DFT workers there are
         return list(self.chain_label_ids) if self.cfg.hmc.deterministic else list(range(len(self.labels)))
 
+    def _next_trajectory(self) -> int:
+        """Index of the first trial whose trajectory has not been started."""
+        return self.pipeline[-1].trial + 1 if self.pipeline else self.trial
+
     def _maybe_refit(self) -> None:
         interval, stop_after = self.cfg.training.interval, self.cfg.training.stop_after
         if interval <= 0 or self.train_task is not None or self.labels_since_fit < interval:
             return
         if stop_after and self.trial >= stop_after:
+            return
+        if self._next_trajectory() >= self.cfg.hmc.trials:
+            # no trial is left to use the model (labels_since_fit stays due: should a pre-fetched
+            # trial be dropped and restarted, or hmc.trials be raised on resume, it is asked for then)
             return
         self.labels_since_fit = 0
         self._request_fit(self.model_version + 1, self._training_label_ids(), warm_start=True)
@@ -310,6 +332,7 @@ class HMCServer:
             record = self._advance_chain(self.pipeline.pop(0))
             if self.pipeline and self.pipeline[0].assumes_accept != record["accepted"]:
                 self._drop_pipeline_from(0)
+            self._maybe_refit()  # after the drop: the trials it frees can use the new model
             self._fill_pipeline()  # the ML-MD worker starts while the outputs are written
             self._record_trial(record)
 
@@ -325,7 +348,27 @@ class HMCServer:
             self._add_label(atoms, msg["energy"], msg["forces"], {"source": "start" if index == 0 else "bootstrap"})
         self.e_chain = self.bootstrap_results[0]["energy"]
         self.bootstrap_results.clear()
-        self._request_fit(0, list(self.chain_label_ids), warm_start=False)
+        if self.initial_model is None:
+            self._request_fit(0, list(self.chain_label_ids), warm_start=False)
+        else:
+            self._adopt_initial_model(self.initial_model)
+
+    def _adopt_initial_model(self, model: InitialModel) -> None:
+        """potential.initial_model is model 0, byte for byte; refits warm-start from it."""
+        self.files.save_model(0, model.data, {"initial_model": {"path": str(model.path.resolve()),
+                                                                "sha256": model.sha256, "info": model.info}})
+        self.model_version, self.model_bytes = 0, model.data
+        log.info("model 0: the initial model %s (elements %s, hidden %s, cutoff %s Å)", model.path,
+                 model.elements, model.hyperparameters["hidden"], model.hyperparameters["descriptor"]["cutoff"])
+        self._checkpoint()
+
+    def _add_initial_labels(self) -> None:
+        """training.initial_dataset: the first labels of a new run, in file and frame order."""
+        frames = read_initial_dataset(self.cfg, set(self.template.numbers.tolist()))
+        for f in frames:
+            self._add_label(f.atoms, f.energy, f.forces, {"source": "initial", "file": f.file, "frame": f.index})
+        if frames:
+            log.info("initial dataset: %d labels from %d file(s)", len(frames), len(self.cfg.training.initial_dataset))
 
     def _advance_chain(self, p: Proposal) -> dict:
         """The Metropolis step of trial ``p.trial``: label it, accept or reject, move the chain.
@@ -346,7 +389,6 @@ class HMCServer:
         self.trial += 1
         self.acceptance.add(accepted)
         self.labels_since_fit += 1
-        self._maybe_refit()
         return {
             "trial": t,
             "accepted": accepted,
@@ -434,6 +476,7 @@ class HMCServer:
                  cfg.hmc.md_steps, cfg.hmc.timestep, self.temperature)
         try:
             if self.model_bytes is None:
+                self._add_initial_labels()
                 start = self._atoms(self.positions, self.cell)
                 self._bootstrap = [start] + bootstrap_structures(
                     start, cfg.training.bootstrap, cfg.training.bootstrap_displacement,
@@ -441,6 +484,8 @@ class HMCServer:
                 for index, atoms in enumerate(self._bootstrap):
                     self.bootstrap_pending[index] = self._request_label(atoms, {"stage": "bootstrap", "index": index})
                 log.info("bootstrap: labelling %d structures", len(self._bootstrap))
+            elif self.trial < cfg.hmc.trials:
+                self._maybe_refit()  # one due when the run stopped (hmc.trials may have been raised)
             last_report = time.monotonic()
             while self.trial < cfg.hmc.trials:
                 self._fill_pipeline()
@@ -449,7 +494,10 @@ class HMCServer:
                     last_report = time.monotonic()
                     log.info("trial %d/%d, acceptance %.3f, model %d", self.trial, cfg.hmc.trials,
                              self.accepted / max(self.trial, 1), self.model_version)
-            self._wait_for_pending_fit()
+            if self.train_task is not None:  # not waited for: no trial is left to use its model
+                pending = self.train_task.context
+                log.info("refit %d on %d labels abandoned: no trial is left to use it", pending["version"],
+                         len(pending["label_ids"]))
             log.info("done: %d trials, acceptance %.3f, %d labels, last model %d, %.1f s", self.trial,
                      self.accepted / max(self.trial, 1), len(self.labels), self.model_version,
                      time.monotonic() - self.t_start)
@@ -461,15 +509,6 @@ class HMCServer:
             self.bar.close()
             self.broker.close()
             self.files.close()
-
-    def _wait_for_pending_fit(self, limit_s: float = 600.0) -> None:
-        """A refit already paid for in labels is worth its model: wait for it (bounded)."""
-        deadline = time.monotonic() + limit_s
-        while self.train_task is not None and time.monotonic() < deadline:
-            if self.broker.count("trainer") == 0 and time.monotonic() > deadline - limit_s + 30:
-                log.warning("no trainer connected; the last refit is abandoned")
-                break
-            self._dispatch_events(0.2)
 
 
 def _fmt(x: float | None) -> str:

@@ -4,11 +4,19 @@ The checkpoint records the byte length of each append-only file at the moment it
 ``--resume`` truncates the files back to those lengths, so the log, the dataset and the chain
 never disagree with the checkpoint after a crash. The checkpoint itself is replaced atomically
 (write, fsync, rename).
+
+``config.json`` records the config a run was started with (as validated, with digests of the
+files it names) and is never rewritten. ``--resume`` compares the config it is given with it and
+refuses a change of what the chain means (:data:`FIXED_KEYS`), naming each key with its old and
+new value, before any process starts; other keys (``hmc.trials``, ``training.interval``,
+``workers.*``, ...) may change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,9 +25,25 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
+from slhmc import __version__
+from slhmc.config import Config
+
+log = logging.getLogger(__name__)
+
 APPEND_FILES = {"trials": "trials.jsonl", "chain": "chain.extxyz", "dataset": "dataset.extxyz",
                 "metrics": "models/metrics.jsonl"}
 CHECKPOINT = "checkpoint.json"
+CONFIG_RECORD = "config.json"
+CONFIG_FORMAT = "slhmc-run-config-1"
+# Keys (and sections) that a resumed run must keep: they define the target distribution
+# (system), the reference energies of the chain (reference.calculator, reference.options), the
+# proposal kernel (hmc.timestep, hmc.md_steps, the network's form in potential), which random
+# numbers each trial draws (hmc.seed), and what the run's labels and model 0 were made from
+# (the start-only potential.initial_model and training.initial_dataset, which may be removed,
+# not changed). hmc.deterministic may change: it decides reproducibility, not exactness.
+FIXED_KEYS = ("system", "reference.calculator", "reference.options", "hmc.timestep", "hmc.md_steps", "hmc.seed",
+              "potential", "training.initial_dataset")
+START_ONLY_KEYS = ("potential.initial_model", "training.initial_dataset")
 EXTXYZ_FLOAT_FORMAT = "%16.8f"  # ase.io.extxyz's format for per-atom float columns
 
 
@@ -27,17 +51,146 @@ class RunDirectoryError(RuntimeError):
     pass
 
 
+def structure_digest(atoms: Atoms) -> str:
+    """sha256 of what a run takes from a structure: atomic numbers, positions, cell, pbc."""
+    h = hashlib.sha256()
+    for array, dtype in ((atoms.numbers, "<i8"), (atoms.positions, "<f8"), (atoms.cell.array, "<f8"),
+                         (atoms.pbc, "|b1")):
+        h.update(np.ascontiguousarray(array, dtype=dtype).tobytes())
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def config_record(cfg: Config) -> dict:
+    """What config.json holds: the validated config and digests of the files it names."""
+    inputs: dict = {"system.structure": {"path": str(cfg.structure_path.resolve()),
+                                         "sha256_structure": structure_digest(read(cfg.structure_path))}}
+    if cfg.initial_model_path is not None:
+        from slhmc.initial import model_file
+
+        model = model_file(cfg.initial_model_path)
+        inputs["potential.initial_model"] = {"path": str(model.resolve()), "sha256": file_digest(model)}
+    if cfg.training.initial_dataset:
+        inputs["training.initial_dataset"] = [{"path": str(p.resolve()), "sha256": file_digest(p)}
+                                              for p in cfg.initial_dataset_paths]
+    return {"format": CONFIG_FORMAT, "slhmc_version": __version__, "config": cfg.model_dump(mode="json"),
+            "inputs": inputs}
+
+
+def read_config_record(run_dir: str | Path) -> dict | None:
+    """The run's config.json, or None for a run started before runs recorded their config."""
+    path = Path(run_dir) / CONFIG_RECORD
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Dotted keys to leaf values; lists are leaves, and so is ``reference.options`` (free-form)."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted != "reference.options":
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _is_fixed(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in FIXED_KEYS)
+
+
+def resume_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """Compare the config.json of a run (``old``) with ``config_record`` of the config it is
+    resumed with (``new``): (refused changes, allowed changes), each ``"key: old -> new"``.
+
+    ``system.structure`` is compared by what it holds (numbers, positions, cell, pbc), so a
+    moved or renamed file is fine; start-only keys may be removed. A key that the old record
+    lacks (added to slhmc after the run started) is not compared.
+    """
+    before, after = _flatten(old["config"]), _flatten(new["config"])
+    refused, allowed = [], []
+    for key in sorted(before.keys() & after.keys()):
+        a, b = before[key], after[key]
+        if key == "base_dir":
+            continue
+        if key == "system.structure":
+            was, now = old["inputs"]["system.structure"], new["inputs"]["system.structure"]
+            if was["sha256_structure"] != now["sha256_structure"]:
+                refused.append(f"system.structure: {was['path']} when the run started, now {now['path']}, "
+                               "which holds other atoms, positions or cell")
+            continue
+        if json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True):
+            continue
+        if key == "reference.options":
+            def shown(options: dict, name: str) -> str:
+                return repr(options[name]) if name in options else "(not set)"
+
+            refused.extend(f"reference.options.{o}: {shown(a, o)} -> {shown(b, o)}" for o in sorted(set(a) | set(b))
+                           if shown(a, o) != shown(b, o))
+            continue
+        line = f"{key}: {a!r} -> {b!r}"
+        if key in START_ONLY_KEYS and b in (None, []):
+            allowed.append(line + " (read only when the run started: removing it changes nothing)")
+        elif _is_fixed(key):
+            refused.append(line)
+        else:
+            allowed.append(line)
+    return refused, allowed
+
+
+def check_run_dir(out_dir: str | Path, resume: bool, config: Config | None = None, report: bool = True) -> None:
+    """What must hold before a run starts in ``out_dir`` (raises RunDirectoryError otherwise): a
+    new run needs a directory without a run; ``--resume`` needs a checkpoint and, given
+    ``config``, a config that keeps :data:`FIXED_KEYS` as the run started with them.
+    ``report``: log the keys that changed and are allowed to."""
+    run_dir = Path(out_dir)
+    if not resume:
+        if any((run_dir / name).exists() for name in (*APPEND_FILES.values(), CHECKPOINT, CONFIG_RECORD)):
+            raise RunDirectoryError(f"{run_dir} already holds a run; pass --resume to continue it "
+                                    "or choose another --out")
+        return
+    if not (run_dir / CHECKPOINT).exists():
+        raise RunDirectoryError(f"--resume: no {CHECKPOINT} in {run_dir}; start a new run instead")
+    old = read_config_record(run_dir)
+    if config is None or old is None:
+        if config is not None and report:
+            log.warning("--resume: %s has no %s (a run started by an older slhmc): the config cannot be "
+                        "checked against the one the run started with", run_dir, CONFIG_RECORD)
+        return
+    refused, allowed = resume_changes(old, config_record(config))
+    if refused:
+        hint = ("\n(settings that only one DFT worker's machine needs, such as a command or a pseudopotential "
+                "folder, can go in that worker's own --config file)" if any(r.startswith("reference.") for r in refused)
+                else "")
+        raise RunDirectoryError(
+            f"--resume refused: the config changes what the chain in {run_dir} means (old -> new):\n  "
+            + "\n  ".join(refused)
+            + f"\nrestore these values (the run's config is in {run_dir / CONFIG_RECORD}) or start a new run "
+            "with another --out" + hint)
+    if report:
+        for line in allowed:
+            log.info("--resume: %s", line)
+        if any(line.startswith("hmc.deterministic:") for line in allowed):
+            log.warning("--resume: hmc.deterministic changed: the chain stays exact, but it is reproducible "
+                        "only for a run that was deterministic throughout")
+
+
 class RunFiles:
-    def __init__(self, out_dir: str | Path, resume: bool) -> None:
+    def __init__(self, out_dir: str | Path, resume: bool, config: Config | None = None) -> None:
+        """``config``: checked against the run's config.json on resume (see check_run_dir), and
+        recorded in it at the start of a new run (or of the first resume of a run without one)."""
         self.dir = Path(out_dir)
         self.models = self.dir / "models"
-        if resume:
-            if not (self.dir / CHECKPOINT).exists():
-                raise RunDirectoryError(f"--resume: no {CHECKPOINT} in {self.dir}; start a new run instead")
-        elif any((self.dir / name).exists() for name in (*APPEND_FILES.values(), CHECKPOINT)):
-            raise RunDirectoryError(
-                f"{self.dir} already holds a run; pass --resume to continue it or choose another --out"
-            )
+        check_run_dir(self.dir, resume, config)
+        if config is not None and read_config_record(self.dir) is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            record = config_record(config)
+            if resume:
+                record["recorded_at_resume"] = True  # the run started before config.json existed
+            atomic_write(self.dir / CONFIG_RECORD, json.dumps(record, indent=2).encode())
         self.models.mkdir(parents=True, exist_ok=True)
         self.checkpoint: dict | None = None
         if resume:

@@ -7,6 +7,9 @@ Reads ``trials.jsonl`` (a half-written last line is ignored), ``chain.extxyz`` a
 - ⟨E_pot⟩ per atom with its error bar and the integrated autocorrelation time (slhmc.statistics);
 - effective samples per reference (DFT) call;
 - ML-vs-reference energy error of the proposals per model version (meV/atom);
+- per model version, the error of the trajectory's energy change, ΔE_ML − ΔE_ref between its
+  start and end point (meV/atom and kT for the whole cell: this, not the error of E itself, is
+  what the Metropolis test sees), and the acceptance it predicts, beside the observed one;
 - radial distribution function per element pair and mean square displacement of the chain.
 """
 
@@ -19,6 +22,7 @@ from itertools import combinations_with_replacement
 from pathlib import Path
 
 import numpy as np
+from ase import units
 from ase.data import chemical_symbols
 from ase.io import iread
 
@@ -64,7 +68,56 @@ def sliding_acceptance(accepted: np.ndarray, window: int = WINDOW) -> np.ndarray
     return np.convolve(accepted, np.ones(window) / window, mode="valid")
 
 
-def per_model(trials: list[dict]) -> dict[str, dict]:
+def run_temperature(run_dir: str | Path, trials: list[dict]) -> tuple[float | None, str]:
+    """The run's temperature (K) and where it came from: the config the run was started with
+    (config.json); for a run without one, equipartition of the drawn momenta, ⟨K_old⟩ = 3N/2 kT
+    (every atom and component is drawn, so this is exact in expectation)."""
+    from slhmc.server.outputs import read_config_record
+
+    record = read_config_record(run_dir)
+    if record is not None:
+        return float(record["config"]["system"]["temperature"]), "config.json"
+    k_old = [t["k_old"] / t["n_atoms"] for t in trials if "k_old" in t]
+    if not k_old:
+        return None, "unknown (no config.json, no k_old)"
+    temperature = 2.0 * float(np.mean(k_old)) / (3.0 * units.kB)
+    return temperature, f"estimated from k_old of {len(k_old)} trials (no config.json)"
+
+
+DELTA_E_FIELDS = ("e_ref", "e_ref_old", "e_ml", "e_ml_start", "n_atoms")
+
+
+def delta_e_statistics(trials: list[dict], temperature_K: float | None) -> dict:
+    """Error of the trajectories' energy change and the acceptance it predicts.
+
+    Per trial, err = ΔE_ML − ΔE_ref = (e_ml − e_ml_start) − (e_ref − e_ref_old) (eV, whole cell).
+    The test sees ΔH_ref = ΔH_ML − err, where ΔH_ML (h_ml_drift) is the integrator's drift of
+    H_ML; with an integrator that conserved H_ML exactly, a trial would be accepted with
+    probability min(1, exp(err/kT)). ``acceptance_predicted`` is its mean: the acceptance the
+    network's ΔE error alone allows. ``acceptance_expected`` is the mean of min(1, exp(−ΔH/kT))
+    over the recorded ΔH (drift included): the observed acceptance without the coin-flip noise.
+    """
+    if not trials or any(k not in t for t in trials for k in DELTA_E_FIELDS):
+        return {}
+    err = np.array([(t["e_ml"] - t["e_ml_start"]) - (t["e_ref"] - t["e_ref_old"]) for t in trials])  # eV
+    n_atoms = np.array([t["n_atoms"] for t in trials], dtype=float)
+    out: dict = {"delta_e_error_rms_mev_per_atom": 1e3 * float(np.sqrt(np.mean((err / n_atoms) ** 2))),
+                 "delta_e_error_mean_mev_per_atom": 1e3 * float(np.mean(err / n_atoms)),
+                 "delta_e_error_rms_kT": None, "delta_e_error_mean_kT": None,
+                 "acceptance_predicted": None, "acceptance_expected": None}
+    if temperature_K:
+        kT = units.kB * temperature_K  # eV
+        delta_h = np.array([t["delta_h"] for t in trials]) if all("delta_h" in t for t in trials) else None
+        out.update({
+            "delta_e_error_rms_kT": float(np.sqrt(np.mean(err**2)) / kT),
+            "delta_e_error_mean_kT": float(np.mean(err) / kT),
+            "acceptance_predicted": float(np.mean(np.exp(np.minimum(err / kT, 0.0)))),
+            "acceptance_expected": None if delta_h is None else float(np.mean(np.exp(np.minimum(-delta_h / kT, 0.0)))),
+        })
+    return out
+
+
+def per_model(trials: list[dict], temperature_K: float | None = None) -> dict[str, dict]:
     groups: dict[int, list[dict]] = {}
     for t in trials:
         groups.setdefault(t["model"], []).append(t)
@@ -77,6 +130,7 @@ def per_model(trials: list[dict]) -> dict[str, dict]:
             "ml_error_rms_mev_per_atom": 1e3 * float(np.sqrt(np.mean(err**2))),
             # the offset of E_ML cancels in the dynamics; the spread is what drives acceptance
             "ml_error_std_mev_per_atom": 1e3 * float(np.std(err)),
+            **delta_e_statistics(ts, temperature_K),
         }
     return out
 
@@ -131,7 +185,8 @@ def msd(frames: list) -> np.ndarray:
     return np.array(out)
 
 
-def summarize(trials: list[dict], n_reference_calls: int | None = None) -> dict:
+def summarize(trials: list[dict], n_reference_calls: int | None = None, temperature_K: float | None = None) -> dict:
+    """``temperature_K``: the run's, for the ΔE error in kT and the predicted acceptance."""
     n = len(trials)
     accepted = np.array([bool(t["accepted"]) for t in trials], dtype=float)
     e_chain = np.array([t["e_chain"] / t["n_atoms"] for t in trials])
@@ -151,7 +206,9 @@ def summarize(trials: list[dict], n_reference_calls: int | None = None) -> dict:
         "effective_samples_per_reference_call": (
             e.n_effective / n_reference_calls if e is not None and n_reference_calls else None
         ),
-        "models": per_model(trials),
+        "temperature_K": temperature_K,
+        "delta_e": delta_e_statistics(trials, temperature_K),
+        "models": per_model(trials, temperature_K),
         "wall_seconds": trials[-1].get("wall_seconds") if trials else None,
         "dft_seconds_mean": float(np.mean([t["dft_seconds"] for t in trials])) if n else None,
         "mlmd_seconds_mean": float(np.mean([t["mlmd_seconds"] for t in trials])) if n else None,
@@ -226,6 +283,29 @@ def plot(run_dir: Path, trials: list[dict], summary: dict, rdf_data: dict, msd_d
     ax.legend(fontsize=8)
     finish(fig, "ml_error.png")
 
+    models = summary["models"]
+    if summary.get("delta_e"):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+        left.plot(versions, [m["delta_e_error_rms_mev_per_atom"] for m in models.values()], "o-", color="C0")
+        left.set(xlabel="model version", ylabel="rms (ΔE_ML − ΔE_ref) (meV/atom)",
+                 title="Error of the trajectories' ΔE")
+        left.set_xticks(versions)
+        sizes = {t["n_atoms"] for t in trials}
+        if summary["temperature_K"] and len(sizes) == 1:
+            scale = 1e3 * units.kB * summary["temperature_K"] / sizes.pop()  # meV/atom per kT of the cell
+            top = left.secondary_yaxis("right", functions=(lambda y: y / scale, lambda x: x * scale))
+            top.set_ylabel("rms (ΔE_ML − ΔE_ref) (kT, whole cell)")
+        right.plot(versions, [m["acceptance"] for m in models.values()], "o-", label="observed")
+        if summary["temperature_K"]:
+            right.plot(versions, [m["acceptance_predicted"] for m in models.values()], "s--",
+                       label="predicted from the ΔE error")
+            right.plot(versions, [m["acceptance_expected"] for m in models.values()], "^:",
+                       label="mean min(1, exp(−ΔH/kT))")
+        right.set(xlabel="model version", ylabel="acceptance", ylim=(-0.02, 1.02), title="Acceptance per model")
+        right.set_xticks(versions)
+        right.legend(fontsize=8, loc="lower right")
+        finish(fig, "delta_e_error.png")
+
     if rdf_data:
         _plot_rdf(rdf_data, "Radial distribution of the chain", run_dir / "rdf.png")
         written.append("rdf.png")
@@ -267,6 +347,11 @@ def analyze_md(md_dir: Path, plots: bool = True) -> int:
     from slhmc.spectra import EV_PER_THZ, peak_THz, smooth
 
     meta, dos, frames = md_spectra(md_dir)
+    for rec in meta.get("extrapolation", {}).get("repeats", []):
+        if rec.get("first_step") is not None:
+            print(f"{md_dir}: repeat {rec['repeat']}: the network extrapolated first at step {rec['first_step']} "
+                  f"({rec['flagged_steps']} of {rec['checked_steps']} steps flagged"
+                  f"{', repeat stopped there' if rec.get('stopped') else ''})")
     if not dos:
         print(f"{md_dir}: no repeat with enough frames yet")
         return 1
@@ -319,6 +404,30 @@ def analyze_md(md_dir: Path, plots: bool = True) -> int:
     return 0
 
 
+def _cell(value: float | None, width: int, digits: int = 3) -> str:
+    return f"{'n/a':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def print_model_table(summary: dict) -> None:
+    """Per model version: acceptance observed and predicted, E error, ΔE error (units in headers)."""
+    columns = [("model", 5), ("trials", 6), ("accept", 6), ("predicted", 9), ("rms|E_ref-E_ML| (meV/atom)", 26),
+               ("std (meV/atom)", 14), ("rms ΔE err (meV/atom)", 21), ("rms ΔE err (kT)", 15)]
+    print(" ".join(f"{name:>{width}}" for name, width in columns))
+    for v, m in summary["models"].items():
+        cells = [f"{v:>5}", f"{m['trials']:>6}", _cell(m["acceptance"], 6), _cell(m.get("acceptance_predicted"), 9),
+                 _cell(m["ml_error_rms_mev_per_atom"], 26), _cell(m["ml_error_std_mev_per_atom"], 14),
+                 _cell(m.get("delta_e_error_rms_mev_per_atom"), 21), _cell(m.get("delta_e_error_rms_kT"), 15)]
+        print(" ".join(cells))
+    d = summary.get("delta_e") or {}
+    if d.get("acceptance_predicted") is not None:
+        print(f"all trials: acceptance observed {summary['acceptance']:.3f}, predicted from the ΔE error "
+              f"{d['acceptance_predicted']:.3f}, mean min(1, exp(-ΔH/kT)) {d['acceptance_expected']:.3f}; "
+              f"rms ΔE err {d['delta_e_error_rms_mev_per_atom']:.3f} meV/atom = {d['delta_e_error_rms_kT']:.3f} kT "
+              f"at {summary['temperature_K']:.1f} K ({summary.get('temperature_source', 'given')})")
+    print("ΔE err = (E_ML(end) - E_ML(start)) - (E_ref(end) - E_ref(start)) of a trajectory; predicted = mean "
+          "min(1, exp(ΔE err/kT)), the acceptance if the integrator conserved H_ML exactly")
+
+
 def analyze(run_dir: str | Path, plots: bool = True) -> int:
     run_dir = Path(run_dir)
     if (run_dir / "md.json").exists():
@@ -329,7 +438,9 @@ def analyze(run_dir: str | Path, plots: bool = True) -> int:
         return 1
     dataset = read_frames(run_dir / "dataset.extxyz")
     chain = read_frames(run_dir / "chain.extxyz")
-    summary = summarize(trials, len(dataset) or None)
+    temperature, temperature_source = run_temperature(run_dir, trials)
+    summary = summarize(trials, len(dataset) or None, temperature)
+    summary["temperature_source"] = temperature_source
     equilibrated = chain[len(chain) // 10 :]
     step = max(1, len(equilibrated) // 200)  # ~200 frames are plenty for g(r)
     rdf_data = rdf(equilibrated[::step])
@@ -344,13 +455,11 @@ def analyze(run_dir: str | Path, plots: bool = True) -> int:
           f"(last half {summary['acceptance_last_half']:.3f}), {summary['reference_calls']} reference calls, "
           f"wall {summary['wall_seconds']} s")
     if e:
+        per_call = summary["effective_samples_per_reference_call"]
         print(f"<E_pot> = {e['mean']:.6f} ± {e['error']:.6f} eV/atom, tau {e['tau_trials']:.1f} trials, "
-              f"{e['n_effective']:.0f} effective samples, "
-              f"{summary['effective_samples_per_reference_call']:.3f} per reference call")
-    print(f"{'model':>5} {'trials':>6} {'accept':>7} {'rms |E_ref-E_ML|':>17} {'std':>9}  (meV/atom)")
-    for v, m in summary["models"].items():
-        print(f"{v:>5} {m['trials']:>6} {m['acceptance']:>7.3f} {m['ml_error_rms_mev_per_atom']:>17.3f} "
-              f"{m['ml_error_std_mev_per_atom']:>9.3f}")
+              f"{e['n_effective']:.0f} effective samples"
+              + ("" if per_call is None else f", {per_call:.3f} per reference call"))
+    print_model_table(summary)
     if summary["plots"]:
         print("plots: " + ", ".join(str(run_dir / p) for p in summary["plots"]))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from . import __version__
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
+EXIT_EXTRAPOLATION_STOP = 3  # slhmc md --on-extrapolation stop ended at least one repeat early
 
 
 def _logging(level: int, log_file: Path | None = None, console_level: int | None = None) -> None:
@@ -64,6 +66,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     _logging(logging.INFO, Path(args.out) / "server.log", logging.WARNING if progress else logging.INFO)
     _sigterm_as_interrupt()
+    from ase.io import read
+
+    from .structure import structure_summary
+
+    # formula and shortest distance per element pair: a wrongly built cell shows at a glance
+    logging.getLogger("slhmc").info("start structure %s: %s", cfg.structure_path.name,
+                                    structure_summary(read(cfg.structure_path)))
     import zmq
 
     from slhmc.security import SecurityError, server_setup
@@ -124,18 +133,60 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_md(args: argparse.Namespace) -> int:
     import torch
 
-    from .md import run_md
+    from .md import flagged_repeats, run_md, stopped_repeats
 
     torch.set_num_threads(args.threads)
     _logging(logging.INFO)
     try:
         out = run_md(args.model, args.structure, args.temperature, args.steps, args.timestep, args.out,
                      ensemble=args.ensemble, repeats=args.repeats, equilibrate=args.equilibrate, stride=args.stride,
-                     seed=args.seed, progress=not args.no_progress, device=args.device)
+                     seed=args.seed, progress=not args.no_progress, device=args.device,
+                     on_extrapolation=args.on_extrapolation)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"slhmc: {err}", file=sys.stderr)
         return 2
+    meta = json.loads((out / "md.json").read_text())
+    stopped, flagged = stopped_repeats(meta), flagged_repeats(meta)
+    if stopped:
+        where = ", ".join(f"repeat {rec['repeat']} at step {rec['first_step']}" for rec in stopped)
+        print(f"slhmc: MD stopped where the network extrapolates: {where} (--on-extrapolation stop); the files "
+              f"end there, the flagged structures are in {out}/repeat_K/extrapolation.extxyz", file=sys.stderr)
+        return EXIT_EXTRAPOLATION_STOP
+    if flagged:
+        where = ", ".join(f"repeat {rec['repeat']} from step {rec['first_step']} ({rec['flagged_steps']} steps)"
+                          for rec in flagged)
+        print(f"slhmc: warning: the network extrapolated in {where}: results after those steps are not to be "
+              f"trusted (see md.json and repeat_K/extrapolation.extxyz)", file=sys.stderr)
     print(f"MD done: {out} (slhmc analyze {out} for the phonon DOS, RDF and MSD)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .config import ConfigError
+    from .train import train_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _logging(logging.INFO)
+    try:
+        metrics = train_model(args.config, args.dataset, args.out, progress=not args.no_progress, device=args.device,
+                              seed=args.seed)
+    except (ConfigError, ValueError) as err:
+        print(f"slhmc: {err}", file=sys.stderr)
+        return 2
+    train, val = metrics["train"], metrics["validation"]
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    print(f"{metrics['n_labels']} labels ({train['n']} training, {val['n']} validation), {metrics['steps']} L-BFGS "
+          f"steps{' (converged)' if metrics['converged'] else ' (max_steps reached)'}, {metrics['seconds']:.1f} s")
+    print(f"validation: energy RMSE {fmt(val['energy_rmse_mev_per_atom'])} meV/atom, force RMSE "
+          f"{fmt(val['force_rmse_mev_per_A'])} meV/Å (training: {fmt(train['energy_rmse_mev_per_atom'])} meV/atom, "
+          f"{fmt(train['force_rmse_mev_per_A'])} meV/Å)")
+    print(f"model: {args.out} (slhmc.potential.load_calculator({str(args.out)!r}), or slhmc md {args.out} ...)")
     return 0
 
 
@@ -211,8 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--out", required=True)
     md.add_argument("--threads", type=int, default=1)
     md.add_argument("--device", default=None, help="cpu, cuda (default: GPU if torch has one)")
+    md.add_argument("--on-extrapolation", choices=["warn", "stop"], default="warn",
+                    help="when an atom leaves the network's training range: warn (log it, keep going; default) or "
+                         f"stop that repeat there (exit status {EXIT_EXTRAPOLATION_STOP} at the end)")
     md.add_argument("--no-progress", action="store_true")
     md.set_defaults(func=cmd_md)
+
+    train = sub.add_parser("train", help="fit a network on labelled frames (e.g. a run's dataset.extxyz)")
+    train.add_argument("config", help="config file: its [potential] and [training] sections are used")
+    train.add_argument("--dataset", required=True, nargs="+", help="labelled frames (energy + forces), any format "
+                       "ase.io.read reads; several files are joined")
+    train.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    train.add_argument("--seed", type=int, default=0, help="keys the validation split and the initial weights")
+    train.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    train.add_argument("--device", default=None, help="cpu, cuda (default: GPU if torch has one)")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=cmd_train)
 
     keys = sub.add_parser("keys", help="make CurveZMQ keys for authenticated, encrypted server-worker traffic")
     keys.add_argument("dir")

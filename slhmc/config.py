@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _one_or_more(value: object) -> object:
+    """A single path where a list of paths is expected."""
+    return [value] if isinstance(value, str) else value
 
 
 class SystemConfig(_Section):
@@ -42,6 +55,9 @@ class PotentialConfig(_Section):
     angular_cutoff: float | None = Field(None, gt=0, description="Å, default min(cutoff, 4.5)")
     hidden: list[int] = Field(default_factory=lambda: [15, 15])
     activation: Literal["tanh", "silu", "softplus"] = "tanh"
+    # a model file or a run directory (its newest model), relative to the config file: model 0 of
+    # the run; its own descriptor, hidden layers and activation win over the keys above
+    initial_model: str | None = None
 
     @field_validator("hidden")
     @classmethod
@@ -58,7 +74,11 @@ class PotentialConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    bootstrap: int = Field(20, ge=1, description="labelled perturbed copies of the start structure")
+    bootstrap: int = Field(20, ge=0, description="labelled perturbed copies of the start structure "
+                           "(0 only with potential.initial_model or training.initial_dataset)")
+    # labelled frames (energy and forces; any ase.io format), relative to the config file: labels
+    # of the run before the bootstrap, used in every fit
+    initial_dataset: Annotated[list[str], BeforeValidator(_one_or_more)] = Field(default_factory=list)
     bootstrap_displacement: float = Field(0.05, ge=0, description="Å, rms random displacement")
     bootstrap_strain: float = Field(0.02, ge=0, description="largest random isotropic strain")
     interval: int = Field(100, ge=0, description="refit after this many new labels; 0 = never")
@@ -66,6 +86,8 @@ class TrainingConfig(_Section):
     force_weight: float = Field(0.1, ge=0)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     max_steps: int = Field(30, ge=1, description="L-BFGS outer steps per fit")
+    force_atoms: int = Field(16, ge=0, description="atoms per label whose forces enter the fit (a fixed "
+                             "subset, bounds the trainer's memory per label); 0 = all")
 
 
 class WorkersConfig(_Section):
@@ -91,6 +113,7 @@ class Config(_Section):
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     base_dir: str = "."  # directory of the config file: relative paths are resolved against it
+    _source: str = "<dict>"  # the config file, for errors found after validation (check_inputs); not a key
 
     @model_validator(mode="after")
     def _timeouts(self) -> Config:
@@ -98,16 +121,31 @@ class Config(_Section):
             raise ValueError("workers.timeout must exceed twice workers.heartbeat")
         return self
 
+    @model_validator(mode="after")
+    def _bootstrap_source(self) -> Config:
+        if self.training.bootstrap == 0 and not (self.potential.initial_model or self.training.initial_dataset):
+            raise ValueError("training.bootstrap = 0 needs potential.initial_model or training.initial_dataset "
+                             "(model 0 would be fitted on one label)")
+        return self
+
     @property
     def structure_path(self) -> Path:
         return Path(self.base_dir) / self.system.structure
+
+    @property
+    def initial_model_path(self) -> Path | None:
+        return None if self.potential.initial_model is None else Path(self.base_dir) / self.potential.initial_model
+
+    @property
+    def initial_dataset_paths(self) -> list[Path]:
+        return [Path(self.base_dir) / p for p in self.training.initial_dataset]
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the keys."""
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def describe_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -117,9 +155,11 @@ def _describe(err: ValidationError, source: str) -> str:
 
 def from_dict(data: dict, source: str = "<dict>", base_dir: str | Path = ".") -> Config:
     try:
-        return Config.model_validate({**data, "base_dir": str(base_dir)})
+        cfg = Config.model_validate({**data, "base_dir": str(base_dir)})
     except ValidationError as err:
-        raise ConfigError(_describe(err, source)) from None
+        raise ConfigError(describe_errors(err, source)) from None
+    cfg._source = source
+    return cfg
 
 
 def load_config(path: str | Path) -> Config:
@@ -134,23 +174,48 @@ def load_config(path: str | Path) -> Config:
 
 
 def check_inputs(cfg: Config, local_reference: bool = False) -> None:
-    """Checks that need the file system: the start structure and the calculator name.
+    """Checks that need the file system: the start structure (readable, no overlapping atoms), the
+    calculator name and its option names.
 
     ``local_reference``: the DFT workers run on this machine (``slhmc run``), so a
-    ``module:function`` factory must be importable here too.
+    ``module:function`` factory must be importable here too. Elsewhere the option names of the
+    built-ins that import in milliseconds are checked where installed; the DFT worker checks the
+    same names again with the same function (slhmc.clients.calculators.check_options).
     """
     from ase.io import read
 
+    from slhmc.structure import StructureError, check_structure
+
+    where = f"invalid config {cfg._source}:\n "  # then "  key: message", as for validation errors
     path = cfg.structure_path
     if not path.exists():
-        raise ConfigError(f"system.structure: {path} does not exist")
+        raise ConfigError(f"{where} system.structure: {path} does not exist")
     try:
-        read(path)
+        start = read(path)
     except Exception as err:
-        raise ConfigError(f"system.structure: ase.io.read cannot read {path}: {err}") from None
-    from slhmc.clients.calculators import CalculatorConfigError, check_name, resolve_factory
+        raise ConfigError(f"{where} system.structure: ase.io.read cannot read {path}: {err}") from None
+    try:
+        check_structure(start)
+    except StructureError as err:
+        raise ConfigError(f"{where} system.structure: {path}: {err}") from None
+    from slhmc.clients.calculators import BUILTIN, CalculatorConfigError, check_name, check_options, resolve_factory
 
+    name = cfg.reference.calculator
     try:  # the form everywhere; that the factory imports, only where the DFT workers run here
-        (resolve_factory if local_reference else check_name)(cfg.reference.calculator)
+        check_name(name)
+        factory = resolve_factory(name) if local_reference else None
     except CalculatorConfigError as err:
-        raise ConfigError(str(err)) from None
+        raise ConfigError(f"{where} {err}") from None
+    if factory is None and name in BUILTIN and BUILTIN[name].checked:
+        try:
+            factory = resolve_factory(name)
+        except CalculatorConfigError:
+            pass  # not installed on this server: the DFT workers check the options
+    if factory is not None:
+        try:
+            check_options(name, cfg.reference.options, factory)
+        except CalculatorConfigError as err:
+            raise ConfigError(f"{where} {err}") from None
+    from slhmc.initial import check_initial_inputs
+
+    check_initial_inputs(cfg)  # potential.initial_model, training.initial_dataset

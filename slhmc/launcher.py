@@ -36,7 +36,15 @@ def _env() -> dict[str, str]:
 
 
 def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str | None, progress: bool) -> int:
+    """Run server and workers to the end; the server's exit status (2: refused or stopped)."""
+    from slhmc.server.outputs import RunDirectoryError, check_run_dir
+
     out_dir = Path(out)
+    try:  # a run directory the server would refuse (a changed config on --resume...): refused before any process
+        check_run_dir(out_dir, resume, config, report=False)
+    except RunDirectoryError as err:
+        log.error("%s", err)
+        return 2
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     sock_dir = None

@@ -5,6 +5,19 @@ production ensemble: ``nve`` (velocity Verlet: the right dynamics for vibrationa
 ``nvt`` (Langevin). Every ``stride`` steps the frame (positions and momenta) goes to
 ``repeat_K/trajectory.extxyz`` and the energies to ``repeat_K/energies.csv``; ``md.json`` says
 what was run, so that ``slhmc analyze DIR`` knows it is an MD directory.
+
+Extrapolation: every MD step (equilibration included) is checked for atoms whose symmetry
+functions leave the network's training range (slhmc.potential.network). Steps are numbered from
+the start of production (step 0 = the first row of energies.csv); equilibration steps are
+negative, the start structure is step ``-equilibrate``. The ``extrapolating_atoms`` column of
+energies.csv is the largest number of such atoms at any step since the previous row (for the
+first row: since the start of the repeat), so a flagged step between written rows is never lost;
+it is empty when the model has no recorded range. The first flagged structure of each repeat is
+written to ``repeat_K/extrapolation.extxyz`` (with per-atom ``extrapolating`` flags: the structure
+to re-label with the reference first); the log and ``md.json`` (``extrapolation``) give the first
+flagged step and the number of flagged steps per repeat. ``on_extrapolation="stop"`` ends a
+repeat at its first flagged step: its energies.csv and trajectory.extxyz then end with that step
+(even off the stride grid), and the next repeat starts.
 """
 
 from __future__ import annotations
@@ -12,10 +25,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
-from ase import units
+from ase import Atoms, units
 from ase.io import read, write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
@@ -23,10 +37,97 @@ from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
 from slhmc.potential import load_calculator
+from slhmc.potential.calculator import BPNNCalculator
+from slhmc.potential.network import EXTRAPOLATION_ABSOLUTE_MARGIN, EXTRAPOLATION_RELATIVE_MARGIN
 
 log = logging.getLogger(__name__)
 
 LANGEVIN_FRICTION_PER_FS = 0.01  # weak: 100-fs velocity memory
+ON_EXTRAPOLATION = ("warn", "stop")
+CSV_COLUMNS = ["step", "time_fs", "e_pot_eV", "e_kin_eV", "e_tot_eV", "temperature_K", "extrapolating_atoms"]
+
+
+class ExtrapolationStop(Exception):
+    """Raised from the MD observer at the first flagged step when on_extrapolation is "stop"."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+class ExtrapolationWatch:
+    """Reads the calculator's extrapolation count after every MD step of one repeat."""
+
+    def __init__(self, calc: BPNNCalculator, repeat: int, rep_dir: Path, timestep_fs: float, stop: bool) -> None:
+        self.calc, self.repeat, self.rep_dir, self.timestep_fs, self.stop = calc, repeat, rep_dir, timestep_fs, stop
+        self.last_step: int | None = None
+        self.window_max: int | None = None  # most extrapolating atoms since the last energies.csv row
+        self.first_step: int | None = None
+        self.first_atoms = 0
+        self.flagged_steps = 0
+        self.checked_steps = 0
+        self.max_atoms = 0
+
+    def check(self, atoms: Atoms, step: int) -> None:
+        """Called by ASE after every step (and once when an integrator starts: same step, skipped)."""
+        if step == self.last_step:
+            return
+        self.last_step = step
+        self.checked_steps += 1
+        n = self.calc.results.get("extrapolating_atoms")
+        if n is None:  # no recorded training range: nothing to check
+            return
+        self.window_max = max(self.window_max or 0, n)
+        if not n:
+            return
+        self.flagged_steps += 1
+        self.max_atoms = max(self.max_atoms, n)
+        if self.first_step is None:
+            self.first_step, self.first_atoms = step, n
+            per_element = self.calc.results.get("extrapolating_per_element", {})
+            phase = " (equilibration)" if step < 0 else ""
+            log.warning("repeat %d: the network extrapolates at step %d%s, t = %.1f fs: %d of %d atoms (%s) have a "
+                        "symmetry function outside the training range; structure in %s", self.repeat, step, phase,
+                        step * self.timestep_fs, n, len(atoms),
+                        ", ".join(f"{el} {c}" for el, c in per_element.items() if c),
+                        self.rep_dir / "extrapolation.extxyz")
+            flagged = atoms.copy()
+            flagged.info.update(step=step, time_fs=step * self.timestep_fs, extrapolating_atoms=n)
+            flagged.arrays["extrapolating"] = self.calc.model.extrapolating_mask(
+                atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
+            write(self.rep_dir / "extrapolation.extxyz", flagged, format="extxyz")
+        if self.stop:
+            raise ExtrapolationStop(step)
+
+    def observe(self, atoms: Atoms, dyn, first_production_nsteps: int) -> None:
+        """ASE observer (interval 1): the step number is the integrator's minus its production start."""
+        self.check(atoms, dyn.nsteps - first_production_nsteps)
+
+    def row_value(self) -> int | str:
+        """The extrapolating_atoms cell of the next energies.csv row; resets the window."""
+        value, self.window_max = self.window_max, None
+        return "" if value is None else value
+
+    def record(self, stopped: bool) -> dict:
+        return {"repeat": self.repeat, "first_step": self.first_step,
+                "first_time_fs": None if self.first_step is None else self.first_step * self.timestep_fs,
+                "first_extrapolating_atoms": self.first_atoms if self.first_step is not None else None,
+                "flagged_steps": self.flagged_steps, "checked_steps": self.checked_steps,
+                "max_extrapolating_atoms": self.max_atoms, "stopped": stopped}
+
+
+def _write_frame(table, traj_path: Path, atoms: Atoms, step: int, timestep_fs: float,
+                 watch: ExtrapolationWatch) -> None:
+    """One energies.csv row and one trajectory frame."""
+    e_pot, e_kin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
+    table.writerow([step, step * timestep_fs, e_pot, e_kin, e_pot + e_kin, atoms.get_temperature(), watch.row_value()])
+    write(traj_path, atoms, format="extxyz", append=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def run_md(
@@ -43,50 +144,96 @@ def run_md(
     seed: int = 0,
     progress: bool = True,
     device: str | None = None,
+    on_extrapolation: str = "warn",
 ) -> Path:
+    """Run the repeats; returns the output directory. Whether extrapolation was flagged or stopped a
+    repeat is in ``md.json`` (``extrapolation.repeats``), see :func:`stopped_repeats`."""
     if ensemble not in ("nve", "nvt"):
         raise ValueError(f"ensemble must be nve or nvt, got {ensemble!r}")
+    if on_extrapolation not in ON_EXTRAPOLATION:
+        raise ValueError(f"on_extrapolation must be one of {ON_EXTRAPOLATION}, got {on_extrapolation!r}")
     out_dir = Path(out)
     if (out_dir / "md.json").exists():
         raise FileExistsError(f"{out_dir} already holds an MD run; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     calc = load_calculator(model, device=device)
+    calc.warn_extrapolation = False  # reported below, with the MD step
+    checked = calc.checks_extrapolation
+    if not checked:
+        log.warning("the model has no recorded training feature range: extrapolation is not checked%s",
+                    " (--on-extrapolation stop has no effect)" if on_extrapolation == "stop" else "")
     start = read(structure)
     meta = {"kind": "md", "model": str(model), "model_version": calc.info.get("version"), "structure": str(structure),
             "temperature_K": temperature_K, "steps": steps, "timestep_fs": timestep_fs, "ensemble": ensemble,
-            "repeats": repeats, "equilibrate": equilibrate, "stride": stride, "seed": seed}
-    (out_dir / "md.json").write_text(json.dumps(meta, indent=2))
+            "repeats": repeats, "equilibrate": equilibrate, "stride": stride, "seed": seed,
+            "extrapolation": {"checked": checked, "on_extrapolation": on_extrapolation,
+                              "relative_margin": EXTRAPOLATION_RELATIVE_MARGIN,
+                              "absolute_margin": EXTRAPOLATION_ABSOLUTE_MARGIN, "repeats": []}}
+    _write_json(out_dir / "md.json", meta)
     for r in range(repeats):
         rng = np.random.default_rng([seed, r])
         atoms = start.copy()
         atoms.calc = calc
+        calc.reset_extrapolation_counter()
         thermalize_momenta(atoms, temperature_K, rng=rng)
         Stationary(atoms)  # no centre-of-mass drift
         dt = timestep_fs * units.fs
-        thermostat = Langevin(atoms, dt, temperature_K=temperature_K, friction=LANGEVIN_FRICTION_PER_FS / units.fs,
-                              fixcm=False, rng=rng)
-        total = equilibrate + steps
-        bar = tqdm(total=total, desc=f"MD {r + 1}/{repeats}", unit="step", disable=not progress, dynamic_ncols=True)
-        for _ in range(equilibrate // 50):
-            thermostat.run(50)
-            bar.update(50)
-        thermostat.run(equilibrate % 50)
-        bar.update(equilibrate % 50)
-        dyn = VelocityVerlet(atoms, dt) if ensemble == "nve" else thermostat
         rep_dir = out_dir / f"repeat_{r}"
         rep_dir.mkdir(exist_ok=True)
         traj_path = rep_dir / "trajectory.extxyz"
+        watch = ExtrapolationWatch(calc, r, rep_dir, timestep_fs, stop=on_extrapolation == "stop")
+        thermostat = Langevin(atoms, dt, temperature_K=temperature_K, friction=LANGEVIN_FRICTION_PER_FS / units.fs,
+                              fixcm=False, rng=rng)
+        thermostat.attach(watch.observe, 1, atoms, thermostat, equilibrate)
+        if ensemble == "nve":
+            dyn = VelocityVerlet(atoms, dt)
+            dyn.attach(watch.observe, 1, atoms, dyn, 0)
+        else:
+            dyn = thermostat
+        total = equilibrate + steps
+        bar = tqdm(total=total, desc=f"MD {r + 1}/{repeats}", unit="step", disable=not progress, dynamic_ncols=True)
+        stopped = False
         with open(rep_dir / "energies.csv", "w", newline="") as f:
             table = csv.writer(f)
-            table.writerow(["step", "time_fs", "e_pot_eV", "e_kin_eV", "e_tot_eV", "temperature_K"])
-            for k in range(steps // stride + 1):
-                if k:
-                    dyn.run(stride)
-                    bar.update(stride)
-                e_pot, e_kin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
-                table.writerow([k * stride, k * stride * timestep_fs, e_pot, e_kin, e_pot + e_kin,
-                                atoms.get_temperature()])
-                write(traj_path, atoms, format="extxyz", append=True)
+            table.writerow(CSV_COLUMNS)
+            try:
+                for _ in range(equilibrate // 50):
+                    thermostat.run(50)
+                    bar.update(50)
+                thermostat.run(equilibrate % 50)
+                bar.update(equilibrate % 50)
+                for k in range(steps // stride + 1):
+                    if k:
+                        dyn.run(stride)
+                        bar.update(stride)
+                    _write_frame(table, traj_path, atoms, k * stride, timestep_fs, watch)
+            except ExtrapolationStop as stop:
+                stopped = True
+                _write_frame(table, traj_path, atoms, stop.step, timestep_fs, watch)  # files end at the flagged step
         bar.close()
+        record = watch.record(stopped)
+        meta["extrapolation"]["repeats"].append(record)
+        _write_json(out_dir / "md.json", meta)
+        if stopped:
+            log.error("repeat %d stopped at step %d (t = %.1f fs): the network extrapolates (%d atoms outside the "
+                      "training range); its files end there", r, record["first_step"], record["first_time_fs"],
+                      record["first_extrapolating_atoms"])
+        elif checked and record["first_step"] is not None:
+            log.warning("repeat %d: extrapolation at %d of %d MD steps, first at step %d (t = %.1f fs), at most %d "
+                        "atoms; results after that step are not to be trusted", r, record["flagged_steps"],
+                        record["checked_steps"], record["first_step"], record["first_time_fs"],
+                        record["max_extrapolating_atoms"])
+        elif checked:
+            log.info("repeat %d: no extrapolation in %d MD steps", r, record["checked_steps"])
         log.info("repeat %d done: %s", r, traj_path)
     return out_dir
+
+
+def stopped_repeats(meta: dict) -> list[dict]:
+    """The ``md.json`` records of repeats that on_extrapolation="stop" ended early."""
+    return [rec for rec in meta.get("extrapolation", {}).get("repeats", []) if rec.get("stopped")]
+
+
+def flagged_repeats(meta: dict) -> list[dict]:
+    """The ``md.json`` records of repeats with at least one extrapolating step."""
+    return [rec for rec in meta.get("extrapolation", {}).get("repeats", []) if rec.get("first_step") is not None]

@@ -127,7 +127,10 @@ def test_slhmc_run_all_in_one(tmp_path):
     assert summary["trials"] == 30 and summary["reference_calls"] == 39
     assert summary["e_pot_eV_per_atom"]["error"] > 0 and summary["effective_samples_per_reference_call"] > 0
     assert set(summary["models"]) == {str(v) for v in versions}
-    for name in ("acceptance.png", "energy.png", "ml_error.png", "rdf.png", "msd.png"):
+    assert summary["temperature_K"] == 300.0 and summary["temperature_source"] == "config.json"
+    for m in summary["models"].values():
+        assert 0.0 <= m["acceptance_predicted"] <= 1.0 and m["delta_e_error_rms_kT"] >= 0.0
+    for name in ("acceptance.png", "energy.png", "ml_error.png", "delta_e_error.png", "rdf.png", "msd.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     g = json.loads((run / "rdf.json").read_text())["pairs"]["Cu-Cu"]
     r_peak = g["r"][int(np.argmax(g["g"]))]
@@ -240,3 +243,48 @@ def test_garbage_on_the_server_socket_is_answered_not_fatal(tmp_path):
     finally:
         stop_all(server, workers)
     check_run(run, trials=5, bootstrap=8)
+
+
+def test_analyze_delta_e_columns_by_hand(tmp_path):
+    """ΔE error per model (meV/atom and kT of the cell) and the acceptance it predicts, against a
+    computation by hand on four trials of a 2-atom cell at 500 K."""
+    from ase import units
+
+    from slhmc.analyze import analyze
+
+    # trial: model, accepted, e_ref_old, e_ref, e_ml_start, e_ml, k_old, k_new (eV)
+    rows = [(0, True, -1.00, -0.98, -1.10, -1.07, 0.05, 0.04),  # ΔE_ref 0.02, ΔE_ML 0.03: err +0.01
+            (0, False, -0.98, -0.90, -1.00, -0.95, 0.06, 0.02),  # 0.08, 0.05: err -0.03
+            (1, True, -0.98, -1.01, -0.97, -1.00, 0.03, 0.05),  # -0.03, -0.03: err 0
+            (1, True, -1.01, -0.99, -1.02, -0.96, 0.05, 0.02)]  # 0.02, 0.06: err +0.04
+    records = []
+    for t, (model, acc, e_old, e_new, ml_start, ml_end, k_old, k_new) in enumerate(rows):
+        records.append({"trial": t, "accepted": acc, "delta_h": k_new + e_new - k_old - e_old, "e_ref": e_new,
+                        "e_ml": ml_end, "e_chain": e_new if acc else e_old, "model": model, "e_ref_old": e_old,
+                        "e_ml_start": ml_start, "h_ml_drift": k_new + ml_end - k_old - ml_start, "k_old": k_old,
+                        "k_new": k_new, "n_atoms": 2, "label_id": t, "mlmd_seconds": 0.1, "dft_seconds": 0.1,
+                        "wall_seconds": t})
+    (tmp_path / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"system": {"temperature": 500.0}}}))
+    assert analyze(tmp_path, plots=False) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    kT = units.kB * 500.0
+    by_hand = {"0": {"err": [0.01, -0.03], "dh": [0.01, 0.04]}, "1": {"err": [0.0, 0.04], "dh": [-0.01, -0.01]}}
+    for version, h in by_hand.items():
+        m, err, dh = summary["models"][version], np.array(h["err"]), np.array(h["dh"])
+        assert m["delta_e_error_rms_mev_per_atom"] == pytest.approx(1e3 * np.sqrt(np.mean((err / 2) ** 2)))
+        assert m["delta_e_error_mean_mev_per_atom"] == pytest.approx(1e3 * np.mean(err / 2))
+        assert m["delta_e_error_rms_kT"] == pytest.approx(np.sqrt(np.mean(err**2)) / kT)
+        # ΔH_ref = ΔH_ML - err: with H_ML conserved, a trial is accepted with min(1, exp(err/kT))
+        assert m["acceptance_predicted"] == pytest.approx(np.mean([min(1.0, np.exp(e / kT)) for e in err]))
+        assert m["acceptance_expected"] == pytest.approx(np.mean([min(1.0, np.exp(-d / kT)) for d in dh]))
+    # sign: where the network over-estimates each rise of E_ref (err >= 0), the reference test accepts all
+    assert summary["models"]["1"]["acceptance_predicted"] == 1.0 and summary["models"]["0"]["acceptance"] == 0.5
+    assert summary["delta_e"]["delta_e_error_rms_kT"] == pytest.approx(np.sqrt(np.mean(np.square([.01, -.03, 0, .04])))
+                                                                       / kT)
+
+    (tmp_path / "config.json").unlink()  # a run from before config.json: T from equipartition of the momenta
+    assert analyze(tmp_path, plots=False) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["temperature_K"] == pytest.approx(2 * np.mean([r[6] / 2 for r in rows]) / (3 * units.kB))
+    assert summary["temperature_source"].startswith("estimated")

@@ -52,6 +52,9 @@ def wait_for_trials(run, n: int, timeout_s: float = 120) -> None:
 
 def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path):
     config = write_config(tmp_path, trials=40, interval=10, max_steps=40, timeout=2.0)
+    # deterministic: the chain waits for model 2, so the replacement trainer must fit it (a run that
+    # does not wait would abandon a refit still running after its last trial)
+    config.write_text(config.read_text().replace("seed = 11", "seed = 11\ndeterministic = true"))
     run, address = tmp_path / "run", f"tcp://127.0.0.1:{free_port()}"
     server = start_server(config, run, address)
     workers = start_workers(address, [("mlmd", "mlmd-a"), ("trainer", "trainer-a"), ("dft", "dft-a")])

@@ -76,6 +76,8 @@ def test_slhmc_md_and_its_analysis(tmp_path):
     for r in (0, 1):
         lines = (out / f"repeat_{r}" / "energies.csv").read_text().splitlines()
         assert len(lines) == 1 + 101 and lines[0].startswith("step,time_fs,e_pot_eV")
+        assert lines[0].endswith(",extrapolating_atoms")  # a stable column (empty if the model has no range)
+    assert len(json.loads((out / "md.json").read_text())["extrapolation"]["repeats"]) == 2
     again = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already holds" in again.stderr  # nothing overwritten
 

@@ -1,0 +1,101 @@
+"""``slhmc train``: fit a network on labelled frames with a config's [potential] and [training].
+
+The use: refit a bigger network, or the same one to convergence, on an SLHMC run's
+``dataset.extxyz`` (or any frames with energy and forces that ase.io reads) for production MD,
+and benchmark the trainer. The fit is the trainer's own (``slhmc.potential.training``); only
+the [potential] and [training] sections of CONFIG are read, so a config with just those works.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from slhmc.config import ConfigError, PotentialConfig, TrainingConfig, describe_errors
+from slhmc.potential.descriptors import DescriptorSpec
+from slhmc.potential.network import BPNN, resolve_device
+from slhmc.potential.serialization import save_model
+from slhmc.potential.training import FitSettings, Label, LabelStore, fit
+
+log = logging.getLogger(__name__)
+
+
+def read_sections(config_path: str | Path) -> tuple[PotentialConfig, TrainingConfig]:
+    """The [potential] and [training] sections of a config file, validated (other sections ignored)."""
+    path = Path(config_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config {path} is not valid TOML: {err}") from None
+    try:
+        return PotentialConfig.model_validate(data.get("potential", {})), TrainingConfig.model_validate(
+            data.get("training", {}))
+    except ValidationError as err:
+        raise ConfigError(describe_errors(err, str(path))) from None
+
+
+def read_labels(paths: list[str | Path]) -> list[Label]:
+    """Every frame of every file, numbered in order; each must carry an energy and forces."""
+    from ase.io import read
+
+    labels: list[Label] = []
+    for path in paths:
+        try:
+            frames = read(path, ":")
+        except FileNotFoundError:
+            raise ValueError(f"dataset {path} does not exist") from None
+        except Exception as err:
+            raise ValueError(f"dataset {path}: ase.io.read cannot read it ({err})") from None
+        for k, atoms in enumerate(frames):
+            try:
+                labels.append(Label.from_atoms(atoms, label_id=len(labels)))
+            except Exception as err:
+                raise ValueError(f"dataset {path}, frame {k}: no energy and forces ({err})") from None
+            if not np.all(np.isfinite(labels[-1].forces)) or not np.isfinite(labels[-1].energy):
+                raise ValueError(f"dataset {path}, frame {k}: energy or forces are not finite")
+    if not labels:
+        raise ValueError("the datasets hold no frames")
+    return labels
+
+
+def train_model(
+    config_path: str | Path,
+    datasets: list[str | Path],
+    out: str | Path,
+    progress: bool = True,
+    device: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """Fit a new network on ``datasets`` and write it to ``out`` (safetensors); returns the metrics."""
+    pot, training = read_sections(config_path)
+    labels = read_labels(datasets)
+    elements = sorted({int(z) for lab in labels for z in lab.numbers})
+    spec = DescriptorSpec.default(elements, pot.cutoff, pot.angular_cutoff)
+    model = BPNN(spec, tuple(pot.hidden), pot.activation).to(resolve_device(device))
+    store = LabelStore(model, training.force_atoms)
+    for label in tqdm(labels, desc="descriptors", unit="frame", disable=not progress, dynamic_ncols=True):
+        store.featurize_and_add(model, [label])
+    settings = FitSettings(force_weight=training.force_weight, validation_fraction=training.validation_fraction,
+                           max_steps=training.max_steps, seed=seed)
+    bar = tqdm(total=settings.max_steps, desc="L-BFGS", unit="step", disable=not progress, dynamic_ncols=True)
+
+    def step(k: int, validation_loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(val_loss=f"{validation_loss:.3g}")
+
+    try:
+        metrics = fit(model, store, settings, warm_start=False, progress=step)
+    finally:
+        bar.close()
+    metrics["datasets"] = [str(p) for p in datasets]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_model(out, model, {"version": 0, "metrics": metrics, "trained_by": "slhmc train"})
+    log.info("model written to %s", out)
+    return metrics
