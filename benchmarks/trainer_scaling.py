@@ -66,13 +66,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one_size(n: int, force_atoms: int, max_steps: int) -> dict:
+def one_size(n: int, force_atoms: int, max_steps: int, full_force_mb: float) -> dict:
     t0 = time.perf_counter()
     labels = teacher_labels(n)
     rss_labels = peak_rss_mb()
     t_labels = time.perf_counter() - t0
     model = BPNN(DescriptorSpec.default([8, 14], 6.0), hidden=(15, 15))
-    store = LabelStore(model, force_atoms)
+    store = LabelStore(model, force_atoms, full_force_mb)
     t0 = time.perf_counter()
     store.featurize_and_add(model, labels)
     t_feat = time.perf_counter() - t0
@@ -119,7 +119,7 @@ def quality(path: str, force_atoms: list[int], max_steps: int) -> None:
     print("|---|---|---|---|---|---|")
     for fa in force_atoms:
         model = BPNN(DescriptorSpec.default(elements, 6.0), hidden=(15, 15))
-        store = LabelStore(model, fa)
+        store = LabelStore(model, fa, full_force_mb=0.0)  # the subset from the first label on
         store.featurize_and_add(model, train)
         m = fit(model, store, FitSettings(max_steps=max_steps, seed=1), warm_start=False)
         held = errors(model, [featurize(model, lab, 0) for lab in test])
@@ -131,6 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 1000, 2000])
     ap.add_argument("--force-atoms", type=int, nargs="+", default=[16])
+    ap.add_argument("--full-force-mb", type=float, default=512.0, help="as training.full_force_mb")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-steps", type=int, default=30)
     ap.add_argument("--quality", metavar="FILE", help="compare force_atoms on these labelled frames instead")
@@ -141,14 +142,15 @@ def main() -> None:
         quality(args.quality, args.force_atoms, args.max_steps)
         return
     if args.one:
-        print(json.dumps(one_size(args.one, args.force_atoms[0], args.max_steps)))
+        print(json.dumps(one_size(args.one, args.force_atoms[0], args.max_steps, args.full_force_mb)))
         return
     print("| labels | peak RSS (MB) | store (MB/label) | featurize (s) | cold fit on N/2 (s, steps) "
           "| warm refit on N (s, steps, converged) | validation (meV/atom, meV/Å) |")
     print("|---|---|---|---|---|---|---|")
     for n in args.sizes:
         out = subprocess.run([sys.executable, __file__, "--one", str(n), "--threads", str(args.threads),
-                              "--force-atoms", str(args.force_atoms[0]), "--max-steps", str(args.max_steps)],
+                              "--force-atoms", str(args.force_atoms[0]), "--max-steps", str(args.max_steps),
+                               "--full-force-mb", str(args.full_force_mb)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"| {n} | {r['peak_rss_mb']:.0f} | {r['store_bytes_per_label'] / 1e6:.3f} | {r['featurize_s']:.1f} | "

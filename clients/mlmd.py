@@ -1,7 +1,11 @@
-"""The ML-MD worker: velocity Verlet with the autograd forces of one model version.
+"""The ML-MD worker: velocity Verlet with the forces of one model version.
 
 No thermostat, clipping or rescaling inside a trajectory: the map (r, p) -> (r', p') must be
-time-reversible and volume-preserving for the HMC test to be exact.
+time-reversible and volume-preserving for the HMC test to be exact. It is when the forces are a
+function of the positions alone. They come from :class:`FastPotential`, the analytic gradient of
+the model's energy (``tests/test_fast_forces.py``: equal to autograd's to 1e-9) over a Verlet
+neighbour list that is rebuilt on a displacement criterion; the list decides only which pairs are
+looked at, never the energy function, so the map stays the same.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from ase import units
 
+from slhmc.potential.fast import FastPotential
 from slhmc.potential.network import BPNN, resolve_device
 from slhmc.potential.serialization import model_from_bytes
 
@@ -48,9 +53,14 @@ def velocity_verlet(
             "h_ml_drift": h_end - h_start}
 
 
-def model_forces(model: BPNN, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Callable:
+def model_forces(model: BPNN | FastPotential, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Callable:
+    """``energy_forces(positions)`` of one structure's atoms and cell; a bare model is wrapped in a
+    fresh :class:`FastPotential` (pass one to keep its neighbour list from call to call)."""
+    potential = model if isinstance(model, FastPotential) else FastPotential(model)
+    numbers, cell, pbc = np.asarray(numbers), np.asarray(cell, dtype=np.float64), np.asarray(pbc, dtype=bool)
+
     def energy_forces(positions: np.ndarray) -> tuple[float, np.ndarray]:
-        ev = model.evaluate(numbers, positions, cell, pbc)
+        ev = potential.evaluate(numbers, positions, cell, pbc)
         return ev.energy, ev.forces
 
     return energy_forces
@@ -61,7 +71,7 @@ class MLMDHandler:
 
     def __init__(self, device: str | None = None) -> None:
         self.device = resolve_device(device)
-        self.models: dict[int, BPNN] = {}
+        self.models: dict[int, FastPotential] = {}
 
     def configure(self, config: dict) -> None:
         self.models.clear()  # versions belong to one server's run
@@ -71,7 +81,8 @@ class MLMDHandler:
             raise ValueError(f"an mlmd worker does not handle {msg['type']}")
         version = msg["model_version"]
         if msg.get("model") is not None:
-            self.models = {version: model_from_bytes(msg["model"], self.device)[0]}  # keep only the newest
+            # keep only the newest; its neighbour list carries over from trial to trial
+            self.models = {version: FastPotential(model_from_bytes(msg["model"], self.device)[0])}
         if version not in self.models:
             raise RuntimeError(f"model {version} was not sent to this worker")
         t0 = time.perf_counter()

@@ -58,9 +58,9 @@ class TrainerHandler:
         warm = warm_start and self.model is not None
         if self.model is None:
             self.model = self._new_model(label_ids)
-        force_atoms = int(cfg_train.get("force_atoms", 0))
-        if self.store is None or not self.store.compatible(self.model, force_atoms):
-            self.store = LabelStore(self.model, force_atoms)
+        force_atoms, full_force_mb = int(cfg_train["force_atoms"]), float(cfg_train["full_force_mb"])
+        if self.store is None or not self.store.compatible(self.model, force_atoms, full_force_mb):
+            self.store = LabelStore(self.model, force_atoms, full_force_mb)
         # in label order, so that the store's chunks are the same whenever the same labels arrive
         self.store.featurize_and_add(self.model, (self.labels[i] for i in sorted(label_ids)))
         settings = FitSettings(

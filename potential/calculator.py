@@ -9,6 +9,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
+from .fast import FastPotential
 from .network import BPNN, resolve_device
 from .serialization import load_model
 
@@ -26,15 +27,22 @@ class BPNNCalculator(Calculator):
     ``extrapolating_evaluations`` (those with at least one such atom). The first extrapolating
     calculation after a reset is logged as a warning unless ``warn_extrapolation`` is False
     (``slhmc md`` reports it itself, with the MD step).
+
+    Energy, forces and stress come from :class:`FastPotential` (the analytic gradient, with a Verlet
+    neighbour list kept from call to call: MD steps reuse it) unless ``fast`` is False, which uses
+    ``model.evaluate`` (autograd) every call; both give the same numbers to rounding.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model: BPNN, info: dict | None = None, warn_extrapolation: bool = True, **kwargs) -> None:
+    def __init__(self, model: BPNN, info: dict | None = None, warn_extrapolation: bool = True,
+                 fast: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
         self.info = info or {}
         self.warn_extrapolation = warn_extrapolation
+        self.fast = fast
+        self._fast: FastPotential | None = None
         self.reset_extrapolation_counter()
 
     @property
@@ -50,7 +58,12 @@ class BPNNCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         a = self.atoms
         want_stress = "stress" in properties and a.cell.rank == 3
-        ev = self.model.evaluate(a.numbers, a.positions, a.cell.array, a.pbc, stress=want_stress)
+        if self.fast:
+            if self._fast is None or self._fast.model is not self.model:  # built for the current model
+                self._fast = FastPotential(self.model)
+            ev = self._fast.evaluate(a.numbers, a.positions, a.cell.array, a.pbc, stress=want_stress)
+        else:
+            ev = self.model.evaluate(a.numbers, a.positions, a.cell.array, a.pbc, stress=want_stress)
         self.results = {"energy": ev.energy, "free_energy": ev.energy, "forces": ev.forces,
                         "extrapolating_atoms": ev.extrapolating_atoms}
         self.evaluations += 1

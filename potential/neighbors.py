@@ -51,3 +51,50 @@ def neighbor_pairs(
         np.asarray(j, dtype=np.int64),
         np.asarray(S, dtype=np.int64).reshape(-1, 3),
     )
+
+
+class VerletList:
+    """Pairs within ``cutoff + skin``, rebuilt only when needed: for MD, where one step moves atoms little.
+
+    The list is rebuilt when the cell, the periodicity or the number of atoms changes, or when any
+    atom has moved more than skin/2 since the last build; until then no pair distance can have shrunk
+    by more than ``skin``, so every pair within ``cutoff`` is still in the list. Pairs beyond the
+    cutoff are in it too: the descriptor gives them exactly zero weight (the cosine cutoff and its
+    slope vanish there), so which list is in use does not change the energy function.
+
+    Pairs are sorted by centre atom; ``first[i]:first[i + 1]`` are the pairs of atom i.
+    """
+
+    def __init__(self, cutoff: float, skin: float) -> None:
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0, got {skin}")
+        self.cutoff, self.skin = float(cutoff), float(skin)
+        self.builds = 0  # how often the list was (re)built
+        self._ref: np.ndarray | None = None
+        self._cell: np.ndarray | None = None
+        self._pbc: np.ndarray | None = None
+        self.i = self.j = self.shifts = self.first = np.zeros(0, dtype=np.int64)
+
+    def needs_rebuild(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+        if self._ref is None or self._ref.shape != positions.shape or self.skin == 0:
+            return True
+        if not (np.array_equal(self._cell, cell) and np.array_equal(self._pbc, pbc)):
+            return True
+        moved = positions - self._ref
+        return float(np.einsum("ij,ij->i", moved, moved).max(initial=0.0)) > (0.5 * self.skin) ** 2
+
+    def update(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+        """Make the list valid for ``positions``; returns whether it was rebuilt."""
+        positions = np.asarray(positions, dtype=np.float64)
+        cell = np.asarray(cell, dtype=np.float64)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        if not self.needs_rebuild(positions, cell, pbc):
+            return False
+        i, j, shifts = neighbor_pairs(positions, cell, pbc, self.cutoff + self.skin)
+        order = np.argsort(i, kind="stable")
+        self.i, self.j, self.shifts = i[order], j[order], np.ascontiguousarray(shifts[order])
+        self.first = np.zeros(len(positions) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.i, minlength=len(positions)), out=self.first[1:])
+        self._ref, self._cell, self._pbc = positions.copy(), cell.copy(), pbc.copy()
+        self.builds += 1
+        return True

@@ -4,8 +4,9 @@ E = sum_i [ NN_{Z_i}((G_i - mean_Z) / std_Z) + e_ref[Z_i] ]
 
 The feature mean/std and the per-element reference energies ``e_ref`` (eV, least squares on the
 training set) are buffers fixed at the first fit, so a warm-started refit keeps meaning the same
-function of its weights. Forces and stress are autograd gradients of E (no other path exists:
-the ML-MD proposal must be the exact gradient of one energy to keep HMC exact).
+function of its weights. Forces and stress are autograd gradients of E here; the MD path
+(``slhmc.potential.fast``) computes the same gradient analytically and is tested against this one
+(the ML-MD proposal must be the exact gradient of one energy to keep HMC exact).
 
 Extrapolation (as n2p2's "extrapolation warnings"): the buffers ``feature_min``/``feature_max``
 hold, per element, the range of every symmetry function seen in training
@@ -223,12 +224,18 @@ class BPNN(nn.Module):
         cell: np.ndarray,
         pbc: np.ndarray,
         stress: bool = False,
+        pairs: tuple | None = None,
     ) -> Evaluation:
-        """Energy and autograd forces (and stress) for one structure in ASE units."""
+        """Energy and autograd forces (and stress) for one structure in ASE units.
+
+        ``pairs``: (i, j, shifts) tensors of a neighbour list holding at least every pair within the
+        cutoff (e.g. a VerletList's, with a skin: pairs beyond the cutoff add exactly nothing); by
+        default built here. :class:`slhmc.potential.fast.FastPotential` is the faster MD path."""
         species = self.species_index(numbers)
         pos = torch.tensor(positions, dtype=self.dtype, device=self.device, requires_grad=True)
         cell_t = torch.tensor(np.asarray(cell), dtype=self.dtype, device=self.device)
-        pairs = self.pairs(positions, np.asarray(cell), pbc)
+        if pairs is None:
+            pairs = self.pairs(positions, np.asarray(cell), pbc)
         strain = torch.zeros(3, 3, dtype=self.dtype, device=self.device, requires_grad=bool(stress))
         deform = torch.eye(3, dtype=self.dtype, device=self.device) + strain
         feats = self.features(species, pos @ deform, cell_t @ deform, pairs)

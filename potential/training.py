@@ -10,12 +10,14 @@ Memory is what bounds a run of thousands of labels, and the Jacobian is nearly a
 96-atom Si/O cell, 8,000 blocks of 40 features x 3 = 7.7 MB per label in float64). Three choices
 keep it near half a megabyte per label (measured in ``benchmarks/trainer_scaling.py``):
 
-- **Force atoms**: only the forces on ``force_atoms`` atoms per label (a fixed subset, chosen
-  from the label's own coordinates so it does not depend on label numbering or worker count)
-  enter the loss, so only their Jacobian columns are kept. Every energy is used. Consecutive
-  chain labels are strongly correlated, so a dataset of hundreds of labels carries far more
-  force components than a network of a few thousand weights can use; n2p2 and others fit a
-  fraction of the force components per epoch for the same reason.
+- **Force atoms**: while the store is small (``full_force_mb``, default 512 MB) every label
+  keeps the forces of all its atoms: the first fits have few labels and need every force
+  component. Past that, a label keeps the forces of ``force_atoms`` atoms (a fixed subset,
+  chosen from the label's own coordinates so that it does not depend on label numbering or
+  worker count) and only their Jacobian columns; every energy is still used. By then the
+  dataset holds far more force components than a network of a few thousand weights can use
+  (consecutive chain labels are strongly correlated); n2p2 and others fit a fraction of the
+  force components per epoch for the same reason.
 - **float32 Jacobian**: the blocks are stored, and contracted, in single precision; the MLPs,
   energies and the loss stay in the model's dtype. A relative 1e-7 error in a training force is
   far below any fit error, and it never touches the MD (its forces are autograd of the energy).
@@ -196,19 +198,22 @@ class LabelStore:
     held once. A fit reads the sealed chunks plus a temporary batch of the open list.
     """
 
-    def __init__(self, model: BPNN, force_atoms: int = 0) -> None:
+    def __init__(self, model: BPNN, force_atoms: int = 0, full_force_mb: float = math.inf) -> None:
         self.spec = model.spec
         self.dtype = model.dtype
-        self.force_atoms = force_atoms
+        self.force_atoms = force_atoms  # force atoms per label once the store holds full_force_mb
+        self.full_force_bytes = full_force_mb * 1e6
+        self.nbytes = 0
         self.n_elements = model.spec.n_elements
         self.sealed: list[Batch] = []
         self.open: list[Featurized] = []
         self._open_elements = 0
         self.ids: set[int] = set()
 
-    def compatible(self, model: BPNN, force_atoms: int) -> bool:
+    def compatible(self, model: BPNN, force_atoms: int, full_force_mb: float = math.inf) -> bool:
         """Descriptors depend on the spec (and dtype) only, not on the weights."""
-        return model.spec == self.spec and model.dtype == self.dtype and force_atoms == self.force_atoms
+        return (model.spec == self.spec and model.dtype == self.dtype and force_atoms == self.force_atoms
+                and full_force_mb * 1e6 == self.full_force_bytes)
 
     def __contains__(self, label_id: int) -> bool:
         return label_id in self.ids
@@ -220,6 +225,7 @@ class LabelStore:
         if item.label_id in self.ids:
             raise ValueError(f"label {item.label_id} is already in the store")
         self.ids.add(item.label_id)
+        self.nbytes += item.nbytes
         self.open.append(item)
         self._open_elements += item.jac.numel()
         if self._open_elements >= CHUNK_JACOBIAN_ELEMENTS:
@@ -229,14 +235,10 @@ class LabelStore:
     def featurize_and_add(self, model: BPNN, labels: Iterable[Label]) -> None:
         for label in labels:
             if label.label_id not in self.ids:
-                self.add(featurize(model, label, self.force_atoms))
+                self.add(featurize(model, label, self.force_atoms if self.nbytes >= self.full_force_bytes else 0))
 
     def batches(self) -> list[Batch]:
         return self.sealed + ([Batch.of(self.open, self.n_elements)] if self.open else [])
-
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self.sealed) + sum(it.nbytes for it in self.open)
 
 
 class _Contract(torch.autograd.Function):

@@ -156,6 +156,9 @@ def check_initial_inputs(cfg: Config) -> None:
     from ase.io import read
 
     elements = {int(z) for z in read(cfg.structure_path).numbers}
-    read_initial_dataset(cfg, elements)
-    if cfg.initial_model_path is not None:
-        load_initial_model(cfg.initial_model_path, elements)  # the frames hold no other elements
+    try:
+        read_initial_dataset(cfg, elements)
+        if cfg.initial_model_path is not None:
+            load_initial_model(cfg.initial_model_path, elements)  # the frames hold no other elements
+    except ConfigError as err:  # in the form of the other config errors: the file, then "  key: message"
+        raise ConfigError(f"invalid config {cfg._source}:\n  {err}") from None

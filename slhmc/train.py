@@ -79,7 +79,7 @@ def train_model(
     elements = sorted({int(z) for lab in labels for z in lab.numbers})
     spec = DescriptorSpec.default(elements, pot.cutoff, pot.angular_cutoff)
     model = BPNN(spec, tuple(pot.hidden), pot.activation).to(resolve_device(device))
-    store = LabelStore(model, training.force_atoms)
+    store = LabelStore(model, training.force_atoms, training.full_force_mb)
     for label in tqdm(labels, desc="descriptors", unit="frame", disable=not progress, dynamic_ncols=True):
         store.featurize_and_add(model, [label])
     settings = FitSettings(force_weight=training.force_weight, validation_fraction=training.validation_fraction,

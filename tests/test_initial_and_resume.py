@@ -191,7 +191,7 @@ def test_bad_initial_inputs_name_key_and_file(case, key, tmp_path):
     config.write_text(text)
     with pytest.raises(ConfigError) as err:
         check_inputs(load_config(config))
-    assert str(err.value).startswith(key) and name in str(err.value)
+    assert f"\n  {key}: " in str(err.value) and name in str(err.value) and str(config) in str(err.value)
 
 
 def test_bad_initial_dataset_refused_before_any_process(tmp_path):
