@@ -169,18 +169,30 @@ def make_calculator(name: str, options: dict) -> Calculator:
     return calc
 
 
-# executables a built-in needs besides its Python module (socket: any of these clients)
+# executables a built-in needs besides its Python module. socket: any i-PI-capable client; for
+# CP2K that is the ``cp2k`` binary (driver mode, ``RUN_TYPE DRIVER``), not ``cp2k_shell``
 EXECUTABLES = {"espresso": ["pw.x"], "cp2k": ["cp2k_shell"], "vasp": ["vasp_std"],
-               "socket": ["pw.x", "cp2k_shell", "i-pi-py_driver"]}
+               "socket": ["pw.x", "cp2k", "cp2k.psmp", "cp2k.ssmp", "i-pi-py_driver"]}
 
 
 def _which(executable: str) -> str | None:
     """shutil.which, also looking next to this interpreter (a venv's bin/ that is not on PATH)."""
-    import os
+    return shutil.which(executable) or shutil.which(executable, path=str(_interpreter_dir()))
+
+
+def _interpreter_dir() -> Path:
     import sys
 
-    return shutil.which(executable, path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                         os.environ.get("PATH", "")]))
+    return Path(sys.executable).parent
+
+
+def _where(executable: str) -> tuple[str | None, bool]:
+    """(full path, on PATH): a program found only next to the interpreter is not on PATH, and a
+    client command naming it bare (``i-pi-py_driver ...``) fails there."""
+    on_path = shutil.which(executable)
+    if on_path:
+        return on_path, True
+    return shutil.which(executable, path=str(_interpreter_dir())), False
 
 
 def code_status(name: str) -> tuple[bool, str]:
@@ -200,7 +212,18 @@ def code_status(name: str) -> tuple[bool, str]:
     needed = EXECUTABLES.get(name)
     if not needed:
         return True, f"{module_name}"
-    found = [exe for exe in needed if _which(exe)]
     if name == "socket":
-        return bool(found), f"i-PI clients found: {', '.join(found) or 'none'}"
+        on_path, aside = [], []
+        for exe in needed:
+            where, is_on_path = _where(exe)
+            if where and is_on_path:
+                on_path.append(exe)
+            elif where:
+                aside.append(where)
+        detail = f"i-PI clients on PATH: {', '.join(on_path) or 'none'}"
+        if aside:
+            detail += (f"; not on PATH, only next to the interpreter (the socket bridge starts it from there; "
+                       f"a shell or mpirun in reference.options.client needs the full path): {', '.join(aside)}")
+        return bool(on_path or aside), detail
+    found = [exe for exe in needed if _which(exe)]
     return bool(found), (f"{_which(needed[0])}" if found else f"{needed[0]} not on PATH")

@@ -3,7 +3,14 @@
 The main thread owns the DEALER socket: it says hello, sends heartbeats, receives tasks and
 sends results. The role's handler runs in one background thread, so a DFT call of minutes or a
 long refit never silences the heartbeat, and handler calls stay in arrival order. When the
-server is silent past the timeout the worker closes its socket and says hello on a new one.
+server is silent past the timeout the worker closes its socket and says hello on a new one,
+with back-off: the wait for an answer starts at 1 s and doubles up to 32 s (the Guide's
+Paranoid Pirate worker), and each try says in the log which address has not answered and for how
+long — a cluster user cannot see the other machine, so the log must say what to check (is the
+server running; does it need ``--keys``, or does it not know this worker's key).
+
+The silence timeout is at least three of the server's heartbeats (``heartbeat_s`` in
+``welcome``): a server with ``workers.heartbeat = 10`` is not taken for dead between two beats.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ import zmq
 from slhmc.protocol import ProtocolError, build, parse
 
 log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 1.0
+BACKOFF_MAX_S = 32.0
+HEARTBEATS_BEFORE_SILENCE = 3  # server heartbeats missed before the worker reconnects
 
 
 class Handler(Protocol):
@@ -48,7 +59,9 @@ def serve(
     """Serve ``handler`` to the server at ``connect`` until told to shut down.
 
     ``max_idle_s``: give up when no server has answered for this long (None: keep trying).
+    ``timeout_s``: server silence before reconnecting; raised to three of the server's heartbeats.
     """
+    keyed = socket_setup is not None
     name = name or f"{handler.role}@{socket.gethostname()}:{os.getpid()}"
     ctx = zmq.Context.instance()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=handler.role)
@@ -69,18 +82,31 @@ def serve(
         except OSError:  # the worker is shutting down and the pipe is closed
             pass
 
+    def send(sock: zmq.Socket, payload: bytes, what: str = "") -> None:
+        # never block: after a refused handshake (no or wrong CurveZMQ keys) the DEALER has no peer,
+        # and a blocking send would hang the worker before it could say why in its log
+        try:
+            sock.send(payload, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            if what:
+                log.warning("could not send %s: no connection to %s (the server re-queues the task)", what, connect)
+
     def open_socket() -> zmq.Socket:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         if socket_setup:
             socket_setup(sock)
         sock.connect(connect)
-        sock.send(build("hello", role=handler.role, name=name, pid=os.getpid()))
+        send(sock, build("hello", role=handler.role, name=name, pid=os.getpid()))
         return sock
 
     sock = open_socket()
     last_recv = last_send = time.monotonic()
-    last_heard = time.monotonic()  # last message from any server, across reconnects
+    started = time.monotonic()
+    last_heard: float | None = None  # last message from any server, across reconnects
+    answered = False  # has the server answered on the current socket?
+    backoff = BACKOFF_START_S
+    user_timeout = timeout_s
     log.info("%s connecting to %s", name, connect)
     try:
         while True:
@@ -103,6 +129,7 @@ def serve(
                     log.warning("dropped a bad message from the server: %s", err)
                     continue
                 last_recv = last_heard = time.monotonic()
+                answered, backoff = True, BACKOFF_START_S
                 kind = msg["type"]
                 if kind == "shutdown":
                     log.info("server says shut down: %s", msg["reason"])
@@ -112,10 +139,12 @@ def serve(
                 elif kind == "error":
                     log.warning("server error: %s", msg["error"])
                     if msg.get("code") == "unknown_worker":
-                        sock.send(build("hello", role=handler.role, name=name, pid=os.getpid()))
+                        send(sock, build("hello", role=handler.role, name=name, pid=os.getpid()))
                 elif kind == "welcome":
                     heartbeat_s = msg["heartbeat_s"]
-                    log.info("registered as %s", msg["worker_id"])
+                    timeout_s = max(user_timeout, HEARTBEATS_BEFORE_SILENCE * heartbeat_s)
+                    log.info("registered as %s (server heartbeat %.3g s; reconnecting after %.3g s of silence)",
+                             msg["worker_id"], heartbeat_s, timeout_s)
                     pending.append((submit(handler.configure, msg["config"]), None, kind))
                 else:
                     pending.append((submit(handler.handle, msg), msg.get("task_id"), kind))
@@ -124,24 +153,42 @@ def serve(
                 try:
                     reply = future.result()
                 except Exception as err:  # a failed task is reported, never hidden
-                    log.exception("%s failed", kind)
+                    if getattr(err, "logged", False):  # the reason is in this log already: no traceback per task
+                        log.warning("%s %s failed: %s", kind, task_id, err)
+                    else:
+                        log.exception("%s failed", kind)
                     if task_id is not None:
-                        sock.send(build("failed", task_id=task_id, error=f"{type(err).__name__}: {err}"[:4000]))
+                        send(sock, build("failed", task_id=task_id, error=f"{type(err).__name__}: {err}"[:4000]),
+                             f"the failure of task {task_id}")
                         last_send = time.monotonic()
                     continue
                 if reply is not None:
                     result_kind, fields = reply
-                    sock.send(build(result_kind, task_id=task_id, **fields))
+                    send(sock, build(result_kind, task_id=task_id, **fields), f"the result of task {task_id}")
                     last_send = time.monotonic()
             now = time.monotonic()
             if now - last_send >= heartbeat_s:
-                sock.send(build("heartbeat"))
+                send(sock, build("heartbeat"))
                 last_send = now
-            if now - last_recv > timeout_s:
-                if max_idle_s is not None and now - last_heard > max_idle_s:
-                    log.error("no server at %s for %.0f s; giving up", connect, now - last_heard)
+            wait_s = timeout_s if answered else backoff
+            if now - last_recv > wait_s:
+                idle = now - (last_heard if last_heard is not None else started)
+                if max_idle_s is not None and idle > max_idle_s:
+                    log.error("no server at %s for %.0f s; giving up (--max-idle)", connect, idle)
                     return 1
-                log.warning("server silent for %.1f s; reconnecting", now - last_recv)
+                if last_heard is None:
+                    hint = ("is it running, and are this worker's keys authorized there (--keys, --key-name)?" if keyed
+                            else "is it running, and does it need --keys?")
+                    log.warning("no server has answered at %s yet (%.0f s); %s Next try in %.0f s", connect, idle,
+                                hint, min(backoff * 2, BACKOFF_MAX_S))
+                elif answered:
+                    log.warning("server at %s silent for %.1f s; reconnecting", connect, now - last_recv)
+                else:
+                    log.warning("server at %s still silent (%.0f s); next try in %.0f s", connect, idle,
+                                min(backoff * 2, BACKOFF_MAX_S))
+                if not answered:
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                answered = False
                 sock.close(0)
                 sock = open_socket()
                 last_recv = last_send = now

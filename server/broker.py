@@ -7,6 +7,13 @@ heartbeats; a worker silent for ``timeout_s`` is declared dead and its task goes
 front of its queue. A result is accepted only from the worker that holds the task and only
 with the expected type: anything else (unknown, finished or forged ids) is dropped, so
 duplicated or late results are harmless. Bad frames are logged and answered with ``error``.
+
+What a user on another machine needs to read in the server's log: every lost worker (silent
+past ``timeout_s``, or gone when a task was sent to it), and, every ``timeout_s`` while work of
+a role is queued and no worker of that role is connected, ``waiting for a dft worker (none
+connected for N s; start one with: slhmc worker dft --connect ADDR)``. Refused handshakes
+(a worker without the CurveZMQ keys, or with a key not in ``authorized/``) are logged too, at
+most once per :data:`HANDSHAKE_REPORT_S` with a count.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from slhmc.protocol import ROLES, ProtocolError, build, parse
 
 log = logging.getLogger(__name__)
 
+HANDSHAKE_REPORT_S = 30.0  # at most one line per this many seconds about refused handshakes
 RESULT_TYPE = {"md_task": "md_result", "label_task": "label_result", "train_task": "train_result"}
 
 
@@ -98,6 +106,12 @@ class Broker:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if socket_setup:
             socket_setup(self.socket)
+        self.curve = getattr(socket_setup, "authenticator", None) is not None
+        self.monitor: zmq.Socket | None = None
+        if self.curve:  # handshake failures are invisible otherwise: the worker just hears nothing
+            self.monitor = self.socket.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.socket.bind(bind)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.welcome_config = welcome_config
@@ -111,6 +125,22 @@ class Broker:
         self._worker_ids = itertools.count(1)
         self._last_heartbeat = 0.0
         self.dropped = 0  # frames or results dropped as invalid, for tests and logs
+        self.refused_handshakes = 0  # CurveZMQ handshakes refused (no keys, unknown key), for tests and logs
+        self._refused_unreported = 0
+        self._last_refusal_report = -HANDSHAKE_REPORT_S
+        self._deferred: list[Event] = []  # events found outside poll() (a send to a vanished worker)
+        now = time.monotonic()
+        self._absent_since = dict.fromkeys(ROLES, now)  # since when no worker of the role is connected
+        self._waiting_reported = dict.fromkeys(ROLES, now)
+
+    def connect_hint(self) -> str:
+        """The address a worker passes to --connect (a wildcard bind named by this host's name)."""
+        import socket as _socket
+
+        endpoint = self.endpoint
+        for wildcard in ("0.0.0.0", "*", "[::]"):
+            endpoint = endpoint.replace(f"//{wildcard}:", f"//{_socket.gethostname()}:")
+        return endpoint + (" --keys DIR" if self.curve else "")
 
     # -- sending ---------------------------------------------------------------------------------
     def send(self, worker: Worker | bytes, kind: str, **fields: object) -> bool:
@@ -167,6 +197,8 @@ class Broker:
                 fields = task.prepare(worker, dict(task.fields)) if task.prepare else task.fields
                 if not self.send(worker, task.kind, task_id=task.task_id, **fields):
                     queue.appendleft(task)
+                    log.warning("worker %s (%s) is gone (a task could not be sent to it)", worker.worker_id,
+                                worker.name)
                     self._remove(worker)
                     continue
                 task.worker, task.sent_at = worker.identity, time.monotonic()
@@ -176,7 +208,7 @@ class Broker:
     # -- receiving -------------------------------------------------------------------------------
     def poll(self, timeout_s: float) -> list[Event]:
         """Wait up to ``timeout_s`` for traffic; handle it; return what the server must act on."""
-        events: list[Event] = []
+        events, self._deferred = self._deferred, []
         if self.socket.poll(int(timeout_s * 1000)):
             for _ in range(1000):  # bounded: never starve the heartbeat check
                 try:
@@ -186,7 +218,40 @@ class Broker:
                 self._handle(frames, events)
         self._heartbeat(events)
         self._dispatch()
+        self._report()
+        events.extend(self._deferred)
+        self._deferred = []
         return events
+
+    def _report(self) -> None:
+        """Log what a user cannot see from here: roles without workers, refused handshakes."""
+        now = time.monotonic()
+        for role in ROLES:
+            if self.count(role):
+                self._absent_since[role] = self._waiting_reported[role] = now
+                continue
+            if not self.queues[role]:
+                continue
+            absent = now - self._absent_since[role]
+            if absent >= self.timeout_s and now - self._waiting_reported[role] >= self.timeout_s:
+                self._waiting_reported[role] = now
+                log.warning("waiting for a%s %s worker (none connected for %.0f s; start one with: slhmc worker %s "
+                            "--connect %s)", "n" if role[0] in "aeiou" else "", role, absent, role,
+                            self.connect_hint())
+        if self.monitor is not None:
+            from zmq.utils.monitor import recv_monitor_message
+
+            while self.monitor.poll(0):
+                event = recv_monitor_message(self.monitor)
+                self.refused_handshakes += 1
+                self._refused_unreported += 1
+                log.debug("handshake event %s on %s", event.get("event"), event.get("endpoint"))
+            if self._refused_unreported and now - self._last_refusal_report >= HANDSHAKE_REPORT_S:
+                log.warning("refused %d worker handshake(s) on %s since the last report (%d in all): a worker "
+                            "without --keys, or whose key is not in the server's authorized/ folder",
+                            self._refused_unreported, self.endpoint, self.refused_handshakes)
+                self._refused_unreported = 0
+                self._last_refusal_report = now
 
     def _handle(self, frames: list[bytes], events: list[Event]) -> None:
         if len(frames) != 2:
@@ -256,6 +321,7 @@ class Broker:
         events.append(Joined(worker))
 
     def _remove(self, worker: Worker, events: list[Event] | None = None) -> None:
+        """Forget a worker; a Lost event reaches the server (now, or at the next poll)."""
         self.workers.pop(worker.identity, None)
         if worker.identity in self.idle[worker.role]:
             self.idle[worker.role].remove(worker.identity)
@@ -265,8 +331,7 @@ class Broker:
             task.worker = None
             self.queues[task.role].appendleft(task)
         worker.task = None
-        if events is not None:
-            events.append(Lost(worker, task))
+        (events if events is not None else self._deferred).append(Lost(worker, task))
 
     def _heartbeat(self, events: list[Event]) -> None:
         now = time.monotonic()
@@ -289,4 +354,7 @@ class Broker:
     def close(self, reason: str = "run finished") -> None:
         self.broadcast(None, "shutdown", reason=reason)
         time.sleep(0.05)  # LINGER is 0: give the shutdown frames a moment to leave
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(0)
         self.socket.close(0)

@@ -464,7 +464,7 @@ class HMCServer:
                 if event.worker.role == "trainer":
                     self._sync_labels(event.worker)
             elif isinstance(event, Lost):
-                log.warning("lost worker %s%s", event.worker.worker_id,
+                log.warning("lost worker %s (%s)%s", event.worker.worker_id, event.worker.name,
                             f"; its task {event.task.task_id} is re-queued" if event.task else "")
 
     def run(self) -> int:

@@ -149,11 +149,16 @@ def check_run_dir(out_dir: str | Path, resume: bool, config: Config | None = Non
     run_dir = Path(out_dir)
     if not resume:
         if any((run_dir / name).exists() for name in (*APPEND_FILES.values(), CHECKPOINT, CONFIG_RECORD)):
+            if failed_start(run_dir):
+                set_aside_failed_start(run_dir)
+                return
             raise RunDirectoryError(f"{run_dir} already holds a run; pass --resume to continue it "
                                     "or choose another --out")
         return
     if not (run_dir / CHECKPOINT).exists():
-        raise RunDirectoryError(f"--resume: no {CHECKPOINT} in {run_dir}; start a new run instead")
+        hint = (" (the run stopped before its first checkpoint: start it again without --resume; what it left is "
+                "moved aside)" if failed_start(run_dir) else "; start a new run instead")
+        raise RunDirectoryError(f"--resume: no {CHECKPOINT} in {run_dir}{hint}")
     old = read_config_record(run_dir)
     if config is None or old is None:
         if config is not None and report:
@@ -178,6 +183,57 @@ def check_run_dir(out_dir: str | Path, resume: bool, config: Config | None = Non
                         "only for a run that was deterministic throughout")
 
 
+def failed_start(run_dir: Path) -> bool:
+    """A run that stopped before its first checkpoint (a port in use, a bad reference option...):
+    nothing in it can be resumed, and a new run may start there."""
+    trials = run_dir / APPEND_FILES["trials"]
+    return (not (run_dir / CHECKPOINT).exists() and (not trials.exists() or trials.stat().st_size == 0)
+            and not is_running(run_dir))
+
+
+LOCK = ".slhmc.lock"
+
+
+def is_running(run_dir: Path) -> bool:
+    """A server holds the run's lock (it is bootstrapping now: its files are not leftovers)."""
+    import fcntl
+
+    path = run_dir / LOCK
+    if not path.exists():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def set_aside_failed_start(run_dir: Path) -> Path:
+    """Move what a failed start left (config.json, empty outputs, labels without a checkpoint) to
+    ``run_dir/failed-start-N/``: nothing is deleted, and the new run starts clean."""
+    n = 1
+    while (run_dir / f"failed-start-{n}").exists():
+        n += 1
+    aside = run_dir / f"failed-start-{n}"
+    aside.mkdir()
+    names = [*APPEND_FILES.values(), CONFIG_RECORD]  # server.log stays: it is open already
+    for name in names:
+        path = run_dir / name
+        if path.exists():
+            (aside / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, aside / name)
+    models = run_dir / "models"
+    if models.is_dir():
+        for path in list(models.iterdir()):
+            (aside / "models").mkdir(exist_ok=True)
+            os.replace(path, aside / "models" / path.name)
+    log.warning("%s held a run that stopped before its first checkpoint; its files are moved to %s and a new run "
+                "starts", run_dir, aside)
+    return aside
+
+
 class RunFiles:
     def __init__(self, out_dir: str | Path, resume: bool, config: Config | None = None) -> None:
         """``config``: checked against the run's config.json on resume (see check_run_dir), and
@@ -192,6 +248,14 @@ class RunFiles:
                 record["recorded_at_resume"] = True  # the run started before config.json existed
             atomic_write(self.dir / CONFIG_RECORD, json.dumps(record, indent=2).encode())
         self.models.mkdir(parents=True, exist_ok=True)
+        import fcntl
+
+        self._lock = open(self.dir / LOCK, "a")  # held while this server runs (see is_running)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RunDirectoryError(f"{self.dir} is in use by a running slhmc server; choose another --out") from None
         self.checkpoint: dict | None = None
         if resume:
             self.checkpoint = json.loads((self.dir / CHECKPOINT).read_text())
@@ -252,6 +316,7 @@ class RunFiles:
     def close(self) -> None:
         for f in self._files.values():
             f.close()
+        self._lock.close()
 
 
 def as_stored(values: np.ndarray) -> np.ndarray:

@@ -42,6 +42,20 @@ def _load(path: str, local_reference: bool = False):
     return cfg
 
 
+ZMQ_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+def _address_error(flag: str, address: str) -> str | None:
+    """One line saying what to write instead, for an address ZeroMQ cannot take; None if it can."""
+    if address.startswith(ZMQ_SCHEMES):
+        if address.startswith("tcp://") and not address[len("tcp://"):].rpartition(":")[2].isdigit() \
+                and not address.endswith(":*"):
+            return f"{flag} {address} has no port; write e.g. {address.rstrip(':')}:5555"
+        return None
+    suggestion = f"tcp://{address}" if ":" in address and "/" not in address else f"ipc://{address}"
+    return f"{flag} {address} is not a ZeroMQ address; write {flag} {suggestion} (or ipc:///path/to/socket)"
+
+
 def _sigterm_as_interrupt() -> None:
     def handler(signum, frame):
         raise KeyboardInterrupt
@@ -52,6 +66,9 @@ def _sigterm_as_interrupt() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .launcher import run_all
 
+    if args.bind is not None and (problem := _address_error("--bind", args.bind)):
+        print(f"slhmc: {problem}", file=sys.stderr)
+        return 2
     cfg = _load(args.config, local_reference=True)
     _logging(logging.INFO)
     return run_all(cfg, args.config, args.out, args.resume, args.bind, not args.no_progress)
@@ -61,6 +78,9 @@ def cmd_server(args: argparse.Namespace) -> int:
     from slhmc.server.hmc import HMCServer
     from slhmc.server.outputs import RunDirectoryError
 
+    if problem := _address_error("--bind", args.bind):
+        print(f"slhmc: {problem}", file=sys.stderr)
+        return 2
     cfg = _load(args.config)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress and sys.stderr.isatty()
@@ -83,6 +103,12 @@ def cmd_server(args: argparse.Namespace) -> int:
     except (RunDirectoryError, SecurityError) as err:
         print(f"slhmc: {err}", file=sys.stderr)
         return 2
+    except zmq.ZMQError as err:  # the bind: a port in use, an unknown interface
+        hint = ("; another slhmc server (or another program) uses it: stop it, or choose another port with --bind"
+                if err.errno == zmq.EADDRINUSE else "")
+        logging.getLogger("slhmc").error("cannot bind %s: %s%s", args.bind, err.strerror, hint)
+        print(f"slhmc: cannot bind {args.bind}: {err.strerror}{hint}", file=sys.stderr)
+        return 2
     try:
         return server.run()
     except KeyboardInterrupt:
@@ -91,6 +117,9 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if problem := _address_error("--connect", args.connect):
+        print(f"slhmc: {problem}", file=sys.stderr)
+        return 2
     import torch
 
     from slhmc.clients.worker import serve
@@ -120,8 +149,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except SecurityError as err:
         print(f"slhmc: {err}", file=sys.stderr)
         return 2
-    return serve(handler, args.connect, name=args.name, timeout_s=args.timeout, max_idle_s=args.max_idle or None,
-                 socket_setup=setup)
+    import zmq
+
+    try:
+        return serve(handler, args.connect, name=args.name, timeout_s=args.timeout, max_idle_s=args.max_idle or None,
+                     socket_setup=setup)
+    except zmq.ZMQError as err:  # an address ZeroMQ refuses (an unknown host, a bad ipc path)
+        print(f"slhmc: cannot connect to {args.connect}: {err.strerror}", file=sys.stderr)
+        return 2
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -237,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", default=None)
     worker.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     worker.add_argument("--device", default="auto", help="torch device of mlmd/trainer: auto (GPU if any), cpu, cuda")
-    worker.add_argument("--timeout", type=float, default=10.0, help="s of server silence before reconnecting")
+    worker.add_argument("--timeout", type=float, default=10.0,
+                        help="s of server silence before reconnecting (at least 3 server heartbeats)")
     worker.add_argument("--keys", default=None, help="CurveZMQ key directory with server.key, client.key_secret")
     worker.add_argument("--key-name", default="client", help="which NAME.key_secret in --keys (default client)")
     worker.add_argument("--max-idle", type=float, default=0.0,

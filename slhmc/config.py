@@ -124,6 +124,16 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _one_port_per_dft_worker(self) -> Config:
+        # two DFT workers of `slhmc run` on one machine cannot both listen on one fixed i-PI port
+        port = self.reference.options.get("port") if self.reference.calculator == "socket" else None
+        if port and self.workers.dft > 1:
+            raise ValueError(f"reference.options.port = {port} with workers.dft = {self.workers.dft}: every DFT "
+                             f"worker of this machine would listen on port {port}, and all but one fail; leave port "
+                             "unset (each worker gets its own unix socket) or use workers.dft = 1")
+        return self
+
+    @model_validator(mode="after")
     def _bootstrap_source(self) -> Config:
         if self.training.bootstrap == 0 and not (self.potential.initial_model or self.training.initial_dataset):
             raise ValueError("training.bootstrap = 0 needs potential.initial_model or training.initial_dataset "

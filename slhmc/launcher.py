@@ -35,6 +35,30 @@ def _env() -> dict[str, str]:
     return env
 
 
+# references whose construction starts a code or imports seconds of libraries: checked by their workers
+_NOT_BUILT_HERE = ("cp2k", "gpaw")
+
+
+def check_reference(config: Config) -> str | None:
+    """Build the reference calculator once, as each DFT worker of this machine would (and close it):
+    an option its constructor refuses is one error before any process starts. None when it builds."""
+    from slhmc.clients.calculators import make_calculator
+
+    ref = config.reference
+    if ref.calculator in _NOT_BUILT_HERE:
+        return None
+    try:
+        calc = make_calculator(ref.calculator, dict(ref.options))
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+    if hasattr(calc, "close"):
+        try:
+            calc.close()
+        except Exception:  # closing a calculator that never ran: nothing to report
+            pass
+    return None
+
+
 def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str | None, progress: bool) -> int:
     """Run server and workers to the end; the server's exit status (2: refused or stopped)."""
     from slhmc.server.outputs import RunDirectoryError, check_run_dir
@@ -44,6 +68,10 @@ def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str 
         check_run_dir(out_dir, resume, config, report=False)
     except RunDirectoryError as err:
         log.error("%s", err)
+        return 2
+    problem = check_reference(config)
+    if problem:  # said once, here, instead of by every DFT worker and again for every retried task
+        log.error("reference (%s): %s", config_path, problem)
         return 2
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
