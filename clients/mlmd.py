@@ -81,10 +81,13 @@ class MLMDHandler:
             raise ValueError(f"an mlmd worker does not handle {msg['type']}")
         version = msg["model_version"]
         if msg.get("model") is not None:
-            # keep only the newest; its neighbour list carries over from trial to trial
-            self.models = {version: FastPotential(model_from_bytes(msg["model"], self.device)[0])}
+            self.models = {version: FastPotential(model_from_bytes(msg["model"], self.device)[0])}  # the newest only
         if version not in self.models:
             raise RuntimeError(f"model {version} was not sent to this worker")
+        # a fresh neighbour list per trajectory: which pairs it holds never changes the energy, but
+        # it orders the sums, and a trajectory must be a function of its task alone (to the last
+        # bit) for a deterministic chain to be the same after a resume or with another worker
+        self.models[version].neighbors.reset()
         t0 = time.perf_counter()
         forces = model_forces(self.models[version], msg["numbers"], msg["cell"], msg["pbc"])
         out = velocity_verlet(forces, msg["positions"], msg["momenta"], msg["masses"], msg["steps"],

@@ -244,7 +244,7 @@ def _features(vec, dist, pj, first, species, g, tape,
 
 
 @njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
-def _forces(vec, dist, pi, pj, first, species, dedg, tape,
+def _forces(vec, dist, pj, first, species, dedg, tape,
             rc, rca, eta_r, rs, eta_a, zeta, zeta_int, lam, col_eta, col_zl, pair_slot, n_el, n_ang):
     """Forces (N, 3) and the virial sum_p D_p (x) dE/dD_p (3, 3) from dE/dG ``dedg`` (N, F).
 

@@ -75,6 +75,10 @@ class VerletList:
         self._pbc: np.ndarray | None = None
         self.i = self.j = self.shifts = self.first = np.zeros(0, dtype=np.int64)
 
+    def reset(self) -> None:
+        """Forget the list: the next ``update`` builds it from the positions it is given."""
+        self._ref = None
+
     def needs_rebuild(self, positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
         if self._ref is None or self._ref.shape != positions.shape or self.skin == 0:
             return True

@@ -100,6 +100,9 @@ def check_run(run: Path, trials: int, bootstrap: int) -> list[dict]:
 
 def test_slhmc_run_all_in_one(tmp_path):
     config = write_config(tmp_path, trials=30)
+    # the chain waits for each refit, so that model 1 is there however slow the machine (in free
+    # mode a refit still running after the last trial is abandoned)
+    config.write_text(config.read_text().replace("seed = 11", "seed = 11\ndeterministic = true"))
     run = tmp_path / "run"
     proc = subprocess.run([*SLHMC, "run", str(config), "--out", str(run), "--no-progress"], env=env(),
                           capture_output=True, text=True, timeout=600)
