@@ -47,8 +47,9 @@ def report(run: Path) -> None:
         predicted = sum(min(1.0, math.exp(e / kT)) for e in errs) / len(errs)
         m = metrics.get(version, {})
         fit = f"{m.get('seconds', float('nan')):.0f}, {m.get('steps')}, {m.get('converged')}"
-        print(f"| {version} | {m.get('n_labels')} | {fit} | {len(sel)} | {sum(t['accepted'] for t in sel) / len(sel):.3f} "
-              f"| {predicted:.3f} | {1e3 * rms / sel[0]['n_atoms']:.4f} | {rms / kT:.3f} |")
+        accepted = sum(t["accepted"] for t in sel) / len(sel)
+        print(f"| {version} | {m.get('n_labels')} | {fit} | {len(sel)} | {accepted:.3f} | {predicted:.3f} "
+              f"| {1e3 * rms / sel[0]['n_atoms']:.4f} | {rms / kT:.3f} |")
 
 
 def main() -> None:
