@@ -275,7 +275,7 @@ def predict(model: BPNN, batch: Batch, create_graph: bool) -> tuple[torch.Tensor
 class FitSettings:
     force_weight: float = 0.1  # relative weight of mean |dF|^2 (eV/Å)^2 to mean (dE/N)^2 (eV)^2
     validation_fraction: float = 0.1
-    max_steps: int = 30  # L-BFGS outer steps of up to ``iterations_per_step`` iterations each
+    max_steps: int = 60  # L-BFGS outer steps of up to ``iterations_per_step`` iterations each
     iterations_per_step: int = 10
     patience: int = 3  # outer steps without a validation improvement of ``min_improvement`` before stopping
     min_improvement: float = 0.005  # relative

@@ -85,7 +85,7 @@ class TrainingConfig(_Section):
     stop_after: int = Field(0, ge=0, description="no refits after this trial; 0 = never stop")
     force_weight: float = Field(0.1, ge=0)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
-    max_steps: int = Field(30, ge=1, description="L-BFGS outer steps per fit")
+    max_steps: int = Field(60, ge=1, description="L-BFGS outer steps per fit (fewer when validation stalls)")
     force_atoms: int = Field(16, ge=0, description="atoms per label whose forces enter the fit once the "
                              "trainer holds full_force_mb of labels (bounds its memory per label); 0 = all")
     full_force_mb: float = Field(512.0, ge=0, description="MB of labels in the trainer up to which every label "
