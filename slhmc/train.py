@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
 from slhmc.config import ConfigError, PotentialConfig, TrainingConfig, describe_errors
@@ -23,6 +23,14 @@ from slhmc.potential.serialization import save_model
 from slhmc.potential.training import FitSettings, Label, LabelStore, fit
 
 log = logging.getLogger(__name__)
+
+
+class _TrainSections(BaseModel):
+    """The two sections ``slhmc train`` reads; the others are somebody else's (ignored here)."""
+
+    model_config = ConfigDict(extra="ignore")
+    potential: PotentialConfig = Field(default_factory=PotentialConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
 def read_sections(config_path: str | Path) -> tuple[PotentialConfig, TrainingConfig]:
@@ -35,10 +43,10 @@ def read_sections(config_path: str | Path) -> tuple[PotentialConfig, TrainingCon
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config {path} is not valid TOML: {err}") from None
     try:
-        return PotentialConfig.model_validate(data.get("potential", {})), TrainingConfig.model_validate(
-            data.get("training", {}))
+        sections = _TrainSections.model_validate(data)
     except ValidationError as err:
         raise ConfigError(describe_errors(err, str(path))) from None
+    return sections.potential, sections.training
 
 
 def read_labels(paths: list[str | Path]) -> list[Label]:
