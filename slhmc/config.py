@@ -174,15 +174,20 @@ def from_dict(data: dict, source: str = "<dict>", base_dir: str | Path = ".") ->
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
+def read_toml(path: str | Path) -> dict:
+    """A config file's TOML as a dict; a missing file or bad TOML is a ConfigError naming the file."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config {path} is not valid TOML: {err}") from None
-    return from_dict(data, str(path), path.resolve().parent)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    return from_dict(read_toml(path), str(path), path.resolve().parent)
 
 
 def check_inputs(cfg: Config, local_reference: bool = False) -> None:

@@ -9,14 +9,13 @@ the [potential] and [training] sections of CONFIG are read, so a config with jus
 from __future__ import annotations
 
 import logging
-import tomllib
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from slhmc.config import ConfigError, PotentialConfig, TrainingConfig, describe_errors
+from slhmc.config import ConfigError, PotentialConfig, TrainingConfig, describe_errors, read_toml
 from slhmc.potential.descriptors import DescriptorSpec
 from slhmc.potential.network import BPNN, resolve_device
 from slhmc.potential.serialization import save_model
@@ -37,13 +36,7 @@ def read_sections(config_path: str | Path) -> tuple[PotentialConfig, TrainingCon
     """The [potential] and [training] sections of a config file, validated (other sections ignored)."""
     path = Path(config_path)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config {path} is not valid TOML: {err}") from None
-    try:
-        sections = _TrainSections.model_validate(data)
+        sections = _TrainSections.model_validate(read_toml(path))
     except ValidationError as err:
         raise ConfigError(describe_errors(err, str(path))) from None
     return sections.potential, sections.training
