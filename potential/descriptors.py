@@ -117,6 +117,15 @@ def _int_power(x: torch.Tensor, n: float) -> torch.Tensor:
     return result
 
 
+def element_pair_index(n_elements: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n_el, n_el) table: unordered element pair {a, b} -> its angular slot (row-major upper triangle)."""
+    table = torch.zeros(n_elements, n_elements, dtype=torch.long, device=device)
+    rows, cols = torch.triu_indices(n_elements, n_elements, device=device)
+    table[rows, cols] = torch.arange(rows.numel(), device=device)
+    table[cols, rows] = table[rows, cols]
+    return table
+
+
 def triplets(center: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All unordered pairs (a, b), a < b, of entries of ``center`` that share the same centre.
 
@@ -189,12 +198,7 @@ def symmetry_functions(
         if order != list(range(g4_terms.shape[1])):
             g4_terms = g4_terms[:, order]
         pa, pb = close[pa], close[pb]
-        # unordered element pair {a, b} -> upper-triangle index
-        pair_index = torch.zeros(n_el, n_el, dtype=torch.long, device=device)
-        rows, cols = torch.triu_indices(n_el, n_el, device=device)
-        pair_index[rows, cols] = torch.arange(rows.numel(), device=device)
-        pair_index[cols, rows] = pair_index[rows, cols]
-        slot = i[pa] * spec.n_pairs + pair_index[species[j[pa]], species[j[pb]]]
+        slot = i[pa] * spec.n_pairs + element_pair_index(n_el, device)[species[j[pa]], species[j[pb]]]
         g4 = g4.index_add(0, slot, g4_terms)
     return torch.cat([g2, g4.reshape(n_atoms, spec.n_pairs * n_ang)], dim=1)
 
@@ -290,11 +294,7 @@ def symmetry_functions_with_jacobian(
         if order != list(range(g4_terms.shape[1])):
             g4_terms, d_a, d_b = g4_terms[:, order], d_a[:, order], d_b[:, order]
         pa, pb = close[pa], close[pb]
-        pair_index = torch.zeros(n_el, n_el, dtype=torch.long, device=device)
-        rows, cols = torch.triu_indices(n_el, n_el, device=device)
-        pair_index[rows, cols] = torch.arange(rows.numel(), device=device)
-        pair_index[cols, rows] = pair_index[rows, cols]
-        slot_of = pair_index[species[j[pa]], species[j[pb]]]
+        slot_of = element_pair_index(n_el, device)[species[j[pa]], species[j[pb]]]
         g4 = g4.index_add(0, i[pa] * spec.n_pairs + slot_of, g4_terms)
         ang_jac = torch.zeros(n_pairs_all * spec.n_pairs, n_ang, 3, dtype=dtype, device=device)
         ang_jac = ang_jac.index_add(0, torch.cat([pa * spec.n_pairs + slot_of, pb * spec.n_pairs + slot_of]),
