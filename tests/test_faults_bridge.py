@@ -121,7 +121,8 @@ def test_sigkilled_dft_worker_takes_its_client_along_and_its_socket_file_is_clea
             a = Atoms("H2", positions=[[0, 0, 0], [0.7, 0, 0]], cell=[8] * 3, pbc=True)
             a.calc = calc
             return a.get_potential_energy()
-        ThreadPoolExecutor(1).submit(label).result()
+        pool = ThreadPoolExecutor(1)  # kept: a collected pool ends its thread, and the client with it
+        pool.submit(label).result()
         print(calc.proc.pid, calc.path, flush=True)
         time.sleep(600)
     """))
