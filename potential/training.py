@@ -405,16 +405,13 @@ def initialise_normalisation(model: BPNN, batches: list[Batch], train: _Part) ->
         model.ref_energy.copy_(torch.tensor(ref, dtype=dtype, device=dev))
 
 
-def _record_ranges(model: BPNN, batches: list[Batch], parts: Iterable[_Part]) -> None:
+def _record_ranges(model: BPNN, batches: list[Batch], parts: Sequence[_Part]) -> None:
     """The symmetry-function range of every label the model was fitted on (extrapolation check)."""
-    record = getattr(model, "record_feature_range", None)
-    if record is None:
-        return
     in_fit = [sum(p.masks[k].energy for p in parts) for k in range(len(batches))]
     for b, w in zip(batches, in_fit, strict=True):
         atoms = (w.index_select(0, b.structure) > 0).nonzero(as_tuple=True)[0]
         if atoms.numel():
-            record(b.features.index_select(0, atoms), b.species.index_select(0, atoms))
+            model.record_feature_range(b.features.index_select(0, atoms), b.species.index_select(0, atoms))
 
 
 def fit(
