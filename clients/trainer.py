@@ -67,6 +67,8 @@ class TrainerHandler:
             force_weight=cfg_train["force_weight"],
             validation_fraction=cfg_train["validation_fraction"],
             max_steps=cfg_train["max_steps"],
+            patience=cfg_train["patience"],
+            min_improvement=cfg_train["min_improvement"],
             # one split for the whole run: a label validated on must never have been trained on
             seed=int(self.config["hmc"]["seed"]),
         )

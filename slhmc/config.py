@@ -86,6 +86,10 @@ class TrainingConfig(_Section):
     force_weight: float = Field(0.1, ge=0)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     max_steps: int = Field(60, ge=1, description="L-BFGS outer steps per fit (fewer when validation stalls)")
+    patience: int = Field(3, ge=1, description="outer steps without a validation-loss improvement of "
+                          "min_improvement before a fit stops (early stopping)")
+    min_improvement: float = Field(0.005, ge=0, lt=1, description="relative validation-loss improvement that "
+                                   "counts for patience")
     force_atoms: int = Field(16, ge=0, description="atoms per label whose forces enter the fit once the "
                              "trainer holds full_force_mb of labels (bounds its memory per label); 0 = all")
     full_force_mb: float = Field(512.0, ge=0, description="MB of labels in the trainer up to which every label "

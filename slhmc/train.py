@@ -84,7 +84,8 @@ def train_model(
     for label in tqdm(labels, desc="descriptors", unit="frame", disable=not progress, dynamic_ncols=True):
         store.featurize_and_add(model, [label])
     settings = FitSettings(force_weight=training.force_weight, validation_fraction=training.validation_fraction,
-                           max_steps=training.max_steps, seed=seed)
+                           max_steps=training.max_steps, patience=training.patience,
+                           min_improvement=training.min_improvement, seed=seed)
     bar = tqdm(total=settings.max_steps, desc="L-BFGS", unit="step", disable=not progress, dynamic_ncols=True)
 
     def step(k: int, validation_loss: float) -> None:

@@ -51,7 +51,8 @@ def wait_for_trials(run, n: int, timeout_s: float = 120) -> None:
 
 
 def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path):
-    config = write_config(tmp_path, trials=40, interval=10, max_steps=40, timeout=2.0)
+    # no early stopping: every fit runs its 40 steps (seconds), so the kill lands while model 2 is fitted
+    config = write_config(tmp_path, trials=40, interval=10, max_steps=40, patience=40, timeout=2.0)
     # deterministic: the chain waits for model 2, so the replacement trainer must fit it (a run that
     # does not wait would abandon a refit still running after its last trial)
     config.write_text(config.read_text().replace("seed = 11", "seed = 11\ndeterministic = true"))
