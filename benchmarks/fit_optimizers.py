@@ -16,10 +16,9 @@ import time
 import numpy as np
 import torch
 
-from slhmc.potential.descriptors import DescriptorSpec
+from slhmc.config import PotentialConfig, TrainingConfig, trainer_settings
 from slhmc.potential.network import BPNN
 from slhmc.potential.training import (
-    FitSettings,
     _Batch,
     errors,
     featurize,
@@ -31,7 +30,7 @@ from slhmc.potential.training import (
 from slhmc.validation import rattled_emt_labels
 
 
-def adam_fit(model: BPNN, train, val, seconds: float, force_weight: float = 0.1) -> dict:
+def adam_fit(model: BPNN, train, val, seconds: float, force_weight: float) -> dict:
     initialise_normalisation(model, train)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.995)
@@ -61,18 +60,18 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     data = rattled_emt_labels(args.labels, seed=0)
-    spec = DescriptorSpec.default([29], 6.0)
+    settings, architecture = trainer_settings(PotentialConfig(), TrainingConfig(), seed=0)  # the trainer's defaults
     torch.manual_seed(0)
-    model = BPNN(spec)
+    model = architecture.build([29])
     items = [featurize(model, lab) for lab in data]
     train_pos, val_pos = split([it.label_id for it in items], 0.1, 0)
     train, val = [items[k] for k in train_pos], [items[k] for k in val_pos]
 
-    metrics = fit(model, items, FitSettings(seed=0), warm_start=False)  # the trainer's defaults
+    metrics = fit(model, items, settings, warm_start=False)
     lbfgs = {**metrics["validation"], "steps": metrics["steps"], "seconds": metrics["seconds"]}
     budget = args.seconds or lbfgs["seconds"]
     torch.manual_seed(0)
-    adam = adam_fit(BPNN(spec), train, val, budget)
+    adam = adam_fit(architecture.build([29]), train, val, budget, settings.force_weight)
     print(f"{args.labels} Cu32 EMT labels, {len(val)} for validation, 1 thread")
     print(f"L-BFGS ({lbfgs['steps']} x 10 iterations, {lbfgs['seconds']:.0f} s): "
           f"{lbfgs['energy_rmse_mev_per_atom']:.3f} meV/atom, {lbfgs['force_rmse_mev_per_A']:.1f} meV/Å")

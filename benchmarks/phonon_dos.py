@@ -20,7 +20,7 @@ import numpy as np
 from ase.build import bulk
 from ase.io import write
 
-from slhmc.analyze import md_spectra
+from slhmc.analysis.md import md_spectra
 from slhmc.md import run_md
 from slhmc.potential import load_calculator
 from slhmc.spectra import gamma_frequencies_THz, harmonic_dos, peaks_THz, smooth

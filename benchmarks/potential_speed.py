@@ -39,7 +39,9 @@ from slhmc.potential.descriptors import DescriptorSpec  # noqa: E402
 from slhmc.potential.fast import FastPotential  # noqa: E402
 from slhmc.potential.network import BPNN  # noqa: E402
 
+# the networks both sides get (the module docstring): fixed here, not the config's defaults
 RADIAL_CUTOFF, ANGULAR_CUTOFF = 6.0, 4.5
+HIDDEN, ACTIVATION = (15, 15), "tanh"
 QUARTZ72 = Path(__file__).resolve().parent.parent / "examples" / "sio2_quartz" / "quartz72.extxyz"
 TRAJECTORY_STEPS = 200
 
@@ -120,7 +122,7 @@ class Walker:
 def bench_step(atoms: Atoms, dtype: torch.dtype, rounds: int) -> dict:
     elements = sorted(set(atoms.numbers.tolist()))
     path = trajectory(atoms)
-    model = BPNN(DescriptorSpec.default(elements, RADIAL_CUTOFF, ANGULAR_CUTOFF), (15, 15), dtype=dtype)
+    model = BPNN(DescriptorSpec.default(elements, RADIAL_CUTOFF, ANGULAR_CUTOFF), HIDDEN, ACTIVATION, dtype=dtype)
     fast = FastPotential(model)
     numbers, cell_np, pbc_np = atoms.numbers, atoms.cell.array, atoms.pbc
     ours = Walker(lambda r: fast.evaluate(numbers, r, cell_np, pbc_np), path)
@@ -156,15 +158,17 @@ def bench_step(atoms: Atoms, dtype: torch.dtype, rounds: int) -> dict:
 
 
 def bench_fit(n_structures: int, dtype: torch.dtype) -> dict:
-    from slhmc.potential.training import FitSettings, featurize, fit
+    from slhmc.config import PotentialConfig, TrainingConfig, trainer_settings
+    from slhmc.potential.training import featurize, fit
     from slhmc.validation import rattled_emt_labels
 
     labels = rattled_emt_labels(n_structures, seed=0)
-    model = BPNN(DescriptorSpec.default([29], RADIAL_CUTOFF, ANGULAR_CUTOFF), (15, 15), dtype=dtype)
+    model = BPNN(DescriptorSpec.default([29], RADIAL_CUTOFF, ANGULAR_CUTOFF), HIDDEN, ACTIVATION, dtype=dtype)
+    settings, _ = trainer_settings(PotentialConfig(), TrainingConfig(max_steps=30), seed=0)  # a run's, 30 steps
     t0 = time.perf_counter()
     items = [featurize(model, lab) for lab in labels]
     t_feat = time.perf_counter() - t0
-    metrics = fit(model, items, FitSettings(max_steps=30, seed=0), warm_start=False)
+    metrics = fit(model, items, settings, warm_start=False)
     return {"structures": n_structures, "featurize_s": t_feat, "fit_s": metrics["seconds"],
             "steps": metrics["steps"], "validation": metrics["validation"]}
 

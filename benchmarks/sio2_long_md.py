@@ -47,7 +47,7 @@ def main() -> None:
                         str(args.temperature), "--steps", str(steps), "--timestep", str(args.timestep),
                         "--ensemble", "nvt", "--equilibrate", "0", "--stride", str(args.stride), "--out", str(md),
                         "--no-progress"], check=False)
-    from slhmc.clients.calculators import make_calculator
+    from slhmc.clients.references import make_calculator
     from slhmc.potential import load_calculator
 
     config = json.loads((Path(args.run) / "config.json").read_text())["config"]["reference"]

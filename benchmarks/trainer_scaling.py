@@ -27,8 +27,9 @@ import time
 import numpy as np
 import torch
 
+from slhmc.config import PotentialConfig, TrainingConfig, trainer_settings
 from slhmc.potential.descriptors import DescriptorSpec
-from slhmc.potential.network import BPNN
+from slhmc.potential.network import BPNN, Architecture
 from slhmc.potential.training import FitSettings, Label, LabelStore, fit
 
 
@@ -62,6 +63,11 @@ def teacher_labels(n: int, seed: int = 0) -> list[Label]:
     return labels
 
 
+def run_defaults(max_steps: int, seed: int) -> tuple[FitSettings, Architecture]:
+    """The fit settings and network of a run with the default config, but ``max_steps``."""
+    return trainer_settings(PotentialConfig(), TrainingConfig(max_steps=max_steps), seed)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -71,7 +77,7 @@ def one_size(n: int, force_atoms: int, max_steps: int, full_force_mb: float) -> 
     labels = teacher_labels(n)
     rss_labels = peak_rss_mb()
     t_labels = time.perf_counter() - t0
-    model = BPNN(DescriptorSpec.default([8, 14], 6.0), hidden=(15, 15))
+    model = run_defaults(max_steps, 1)[1].build([8, 14])
     store = LabelStore(model, force_atoms, full_force_mb)
     t0 = time.perf_counter()
     store.featurize_and_add(model, labels)
@@ -84,10 +90,10 @@ def one_size(n: int, force_atoms: int, max_steps: int, full_force_mb: float) -> 
               flush=True)
 
     t0 = time.perf_counter()
-    cold = fit(model, store, FitSettings(max_steps=max_steps, seed=1), warm_start=False, label_ids=ids[: n // 2],
+    cold = fit(model, store, run_defaults(max_steps, 1)[0], warm_start=False, label_ids=ids[: n // 2],
                progress=report)
     t0 = time.perf_counter()
-    warm = fit(model, store, FitSettings(max_steps=max_steps, seed=2), warm_start=True, label_ids=ids,
+    warm = fit(model, store, run_defaults(max_steps, 2)[0], warm_start=True, label_ids=ids,
                progress=report)
     return {
         "labels": n, "force_atoms": force_atoms, "threads": torch.get_num_threads(),
@@ -118,10 +124,11 @@ def quality(path: str, force_atoms: list[int], max_steps: int) -> None:
     print("| force_atoms | store MB/label | fit s | steps | test energy RMSE (meV/atom) | test force RMSE (meV/Å) |")
     print("|---|---|---|---|---|---|")
     for fa in force_atoms:
-        model = BPNN(DescriptorSpec.default(elements, 6.0), hidden=(15, 15))
+        settings, architecture = run_defaults(max_steps, 1)
+        model = architecture.build(elements)
         store = LabelStore(model, fa, full_force_mb=0.0)  # the subset from the first label on
         store.featurize_and_add(model, train)
-        m = fit(model, store, FitSettings(max_steps=max_steps, seed=1), warm_start=False)
+        m = fit(model, store, settings, warm_start=False)
         held = errors(model, [featurize(model, lab, 0) for lab in test])
         print(f"| {fa or 'all'} | {store.nbytes / len(train) / 1e6:.3f} | {m['seconds']:.1f} | {m['steps']} | "
               f"{held['energy_rmse_mev_per_atom']:.3f} | {held['force_rmse_mev_per_A']:.1f} |", flush=True)
@@ -130,8 +137,9 @@ def quality(path: str, force_atoms: list[int], max_steps: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 1000, 2000])
-    ap.add_argument("--force-atoms", type=int, nargs="+", default=[16])
-    ap.add_argument("--full-force-mb", type=float, default=512.0, help="as training.full_force_mb")
+    ap.add_argument("--force-atoms", type=int, nargs="+", default=[TrainingConfig().force_atoms])
+    ap.add_argument("--full-force-mb", type=float, default=TrainingConfig().full_force_mb,
+                    help="as training.full_force_mb")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-steps", type=int, default=30)
     ap.add_argument("--quality", metavar="FILE", help="compare force_atoms on these labelled frames instead")

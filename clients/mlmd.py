@@ -1,8 +1,8 @@
-"""The ML-MD worker: velocity Verlet with the forces of one model version.
+"""The ML-MD worker: velocity Verlet (:func:`slhmc.hmc.velocity_verlet`) with the forces of one
+model version.
 
-No thermostat, clipping or rescaling inside a trajectory: the map (r, p) -> (r', p') must be
-time-reversible and volume-preserving for the HMC test to be exact. It is when the forces are a
-function of the positions alone. They come from :class:`FastPotential`, the analytic gradient of
+The forces must be a function of the positions alone for the proposal map to be time-reversible
+and volume-preserving. They come from :class:`FastPotential`, the analytic gradient of
 the model's energy (``tests/test_fast_forces.py``: equal to autograd's to 1e-9) over a Verlet
 neighbour list that is rebuilt on a displacement criterion; the list decides only which pairs are
 looked at, never the energy function, so the map stays the same.
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import numpy as np
-from ase import units
 
+from slhmc.hmc import EnergyForces, velocity_verlet
 from slhmc.potential.fast import FastPotential
 from slhmc.potential.network import BPNN, resolve_device
 from slhmc.potential.serialization import model_from_bytes
@@ -24,36 +23,7 @@ from slhmc.potential.serialization import model_from_bytes
 log = logging.getLogger(__name__)
 
 
-def velocity_verlet(
-    energy_forces: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    positions: np.ndarray,
-    momenta: np.ndarray,
-    masses: np.ndarray,
-    steps: int,
-    timestep_fs: float,
-) -> dict:
-    """Integrate ``steps`` steps with the forces of ``energy_forces(positions) -> (eV, eV/Å)``.
-
-    Returns end positions and momenta, the start and end potential energies and the drift of
-    H = E + K over the trajectory (eV).
-    """
-    dt = timestep_fs * units.fs
-    inv_m = 1.0 / masses[:, None]
-    r, p = positions.copy(), momenta.copy()
-    e_start, forces = energy_forces(r)
-    energy = e_start
-    h_start = e_start + 0.5 * float(np.sum(p * p * inv_m))
-    for _ in range(steps):
-        p = p + 0.5 * dt * forces
-        r = r + dt * p * inv_m
-        energy, forces = energy_forces(r)
-        p = p + 0.5 * dt * forces
-    h_end = energy + 0.5 * float(np.sum(p * p * inv_m))
-    return {"positions": r, "momenta": p, "e_ml_start": e_start, "e_ml_end": energy,
-            "h_ml_drift": h_end - h_start}
-
-
-def model_forces(model: BPNN | FastPotential, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> Callable:
+def model_forces(model: BPNN | FastPotential, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> EnergyForces:
     """``energy_forces(positions)`` of one structure's atoms and cell; a bare model is wrapped in a
     fresh :class:`FastPotential` (pass one to keep its neighbour list from call to call)."""
     potential = model if isinstance(model, FastPotential) else FastPotential(model)
@@ -92,4 +62,6 @@ class MLMDHandler:
         forces = model_forces(self.models[version], msg["numbers"], msg["cell"], msg["pbc"])
         out = velocity_verlet(forces, msg["positions"], msg["momenta"], msg["masses"], msg["steps"],
                               msg["timestep_fs"])
-        return "md_result", {**out, "model_version": version, "seconds": time.perf_counter() - t0}
+        return "md_result", {"positions": out.positions, "momenta": out.momenta, "e_ml_start": out.e_start,
+                             "e_ml_end": out.e_end, "h_ml_drift": out.h_drift, "model_version": version,
+                             "seconds": time.perf_counter() - t0}

@@ -9,8 +9,10 @@ Paranoid Pirate worker), and each try says in the log which address has not answ
 long — a cluster user cannot see the other machine, so the log must say what to check (is the
 server running; does it need ``--keys``, or does it not know this worker's key).
 
-The silence timeout is at least three of the server's heartbeats (``heartbeat_s`` in
-``welcome``): a server with ``workers.heartbeat = 10`` is not taken for dead between two beats.
+The silence timeout follows the server's heartbeat (``heartbeat_s`` in ``welcome``, the
+server's ``workers.heartbeat``): HEARTBEATS_BEFORE_SILENCE beats, unless one was given
+(``--timeout``), which is kept but never below MIN_HEARTBEATS_BEFORE_SILENCE beats: a server with
+``workers.heartbeat = 10`` is not taken for dead between two beats.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START_S = 1.0
 BACKOFF_MAX_S = 32.0
-HEARTBEATS_BEFORE_SILENCE = 3  # server heartbeats missed before the worker reconnects
+HEARTBEATS_BEFORE_SILENCE = 10  # server heartbeats of silence before the worker reconnects (no --timeout)
+MIN_HEARTBEATS_BEFORE_SILENCE = 3  # a given timeout is raised to this many: never between two beats
 
 
 class Handler(Protocol):
@@ -47,11 +50,20 @@ class Handler(Protocol):
     # optional: ``close()``, called once when the worker exits (stop a DFT code's client, ...)
 
 
+def silence_timeout(heartbeat_s: float, timeout_s: float | None = None) -> float:
+    """Seconds of server silence before reconnecting, for a server heartbeat of ``heartbeat_s`` s:
+    ``timeout_s`` where given (at least MIN_HEARTBEATS_BEFORE_SILENCE beats), else
+    HEARTBEATS_BEFORE_SILENCE beats."""
+    if timeout_s is None:
+        return HEARTBEATS_BEFORE_SILENCE * heartbeat_s
+    return max(timeout_s, MIN_HEARTBEATS_BEFORE_SILENCE * heartbeat_s)
+
+
 def serve(
     handler: Handler,
     connect: str,
     heartbeat_s: float = 1.0,
-    timeout_s: float = 10.0,
+    timeout_s: float | None = None,
     name: str | None = None,
     socket_setup: Callable[[zmq.Socket], None] | None = None,
     max_idle_s: float | None = None,
@@ -59,7 +71,9 @@ def serve(
     """Serve ``handler`` to the server at ``connect`` until told to shut down.
 
     ``max_idle_s``: give up when no server has answered for this long (None: keep trying).
-    ``timeout_s``: server silence before reconnecting; raised to three of the server's heartbeats.
+    ``heartbeat_s``: s between this worker's heartbeats until the server's ``welcome`` gives its own.
+    ``timeout_s``: s of server silence before reconnecting; None: from the server's heartbeat
+    (see :func:`silence_timeout`).
     """
     keyed = socket_setup is not None
     name = name or f"{handler.role}@{socket.gethostname()}:{os.getpid()}"
@@ -107,6 +121,7 @@ def serve(
     answered = False  # has the server answered on the current socket?
     backoff = BACKOFF_START_S
     user_timeout = timeout_s
+    timeout_s = silence_timeout(heartbeat_s, user_timeout)  # until the first welcome says the server's
     log.info("%s connecting to %s", name, connect)
     try:
         while True:
@@ -142,7 +157,7 @@ def serve(
                         send(sock, build("hello", role=handler.role, name=name, pid=os.getpid()))
                 elif kind == "welcome":
                     heartbeat_s = msg["heartbeat_s"]
-                    timeout_s = max(user_timeout, HEARTBEATS_BEFORE_SILENCE * heartbeat_s)
+                    timeout_s = silence_timeout(heartbeat_s, user_timeout)
                     log.info("registered as %s (server heartbeat %.3g s; reconnecting after %.3g s of silence)",
                              msg["worker_id"], heartbeat_s, timeout_s)
                     pending.append((submit(handler.configure, msg["config"]), None, kind))

@@ -9,6 +9,8 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
 
+from slhmc.rundir import newest_model_file
+
 from .fast import FastPotential
 from .network import BPNN, resolve_device
 from .serialization import load_model
@@ -79,13 +81,6 @@ class BPNNCalculator(Calculator):
         if want_stress:
             s = ev.stress
             self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
-
-
-def newest_model_file(run_dir: str | Path) -> Path:
-    files = sorted(Path(run_dir, "models").glob("model_*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no models/model_*.safetensors in {run_dir}")
-    return files[-1]
 
 
 def load_calculator(path: str | Path, device: str | None = None) -> BPNNCalculator:

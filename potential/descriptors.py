@@ -21,6 +21,19 @@ from dataclasses import dataclass
 
 import torch
 
+# The descriptor's shape where no config key sets it: the one place these numbers live.
+N_RADIAL = 8  # radial (G2) functions per neighbour element
+ANGULAR_CUTOFF_MAX = 4.5  # Å: the angular cutoff when none is given is min(cutoff, this)
+ANGULAR_ETAS = (0.005, 0.05)  # 1/Å², angular (G4) widths
+ANGULAR_ZETAS = (1.0, 4.0)
+ANGULAR_LAMBDAS = (-1.0, 1.0)
+
+
+def default_angular_cutoff(cutoff: float, angular_cutoff: float | None = None) -> float:
+    """The G4 cutoff (Å): ``angular_cutoff`` when given, else min(cutoff, ANGULAR_CUTOFF_MAX) (the
+    number of triplets grows as the cube of it)."""
+    return min(cutoff, ANGULAR_CUTOFF_MAX) if angular_cutoff is None else float(angular_cutoff)
+
 
 @dataclass(frozen=True)
 class DescriptorSpec:
@@ -36,20 +49,20 @@ class DescriptorSpec:
     def default(
         cls,
         elements: list[int] | tuple[int, ...],
-        cutoff: float = 6.0,
+        cutoff: float,
         angular_cutoff: float | None = None,
-        n_radial: int = 8,
+        n_radial: int = N_RADIAL,
     ) -> DescriptorSpec:
-        """Default parameters generated from the cutoff.
+        """Parameters generated from the cutoffs (Å); a run takes them from ``[potential]``.
 
         Radial: ``n_radial`` Gaussians centred evenly on [1 Å, cutoff - 0.5 Å] with width equal to
         their spacing (the "shifted" scheme of Behler 2011 / Imbalzano et al., J. Chem. Phys. 148,
-        241730 (2018)). Angular: eta in {0.005, 0.05} 1/Å², zeta in {1, 4}, lambda = ±1, the
-        customary small set of Behler 2011; the angular cutoff defaults to min(cutoff, 4.5 Å).
+        241730 (2018)). Angular: eta in ANGULAR_ETAS (1/Å²), zeta in ANGULAR_ZETAS, lambda = ±1, the
+        customary small set of Behler 2011; the angular cutoff as :func:`default_angular_cutoff`.
         """
         if cutoff <= 1.5:
             raise ValueError(f"cutoff must be > 1.5 Å, got {cutoff}")
-        rc_ang = min(cutoff, 4.5) if angular_cutoff is None else float(angular_cutoff)
+        rc_ang = default_angular_cutoff(cutoff, angular_cutoff)
         if not 0 < rc_ang <= cutoff:
             raise ValueError(f"angular_cutoff must be in (0, cutoff], got {rc_ang}")
         centres = torch.linspace(1.0, cutoff - 0.5, n_radial).tolist()
@@ -57,7 +70,7 @@ class DescriptorSpec:
         eta = 1.0 / (2.0 * spacing**2)
         radial = tuple((round(eta, 10), round(rs, 10)) for rs in centres)
         angular = tuple(
-            (eta_a, zeta, lam) for eta_a in (0.005, 0.05) for zeta in (1.0, 4.0) for lam in (-1.0, 1.0)
+            (eta_a, zeta, lam) for eta_a in ANGULAR_ETAS for zeta in ANGULAR_ZETAS for lam in ANGULAR_LAMBDAS
         )
         return cls(tuple(sorted(set(int(z) for z in elements))), float(cutoff), rc_ang, radial, angular)
 

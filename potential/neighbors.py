@@ -1,7 +1,7 @@
 """Periodic neighbour pairs for the descriptor.
 
 vesin (a small, well-kept C++ library with Python bindings) is used because it returns the same
-pairs as ``ase.neighborlist.neighbor_list`` 10-60x faster (see shared FIELD-NOTES), handles cells
+pairs as ``ase.neighborlist.neighbor_list`` (tests/test_potential.py) in a fraction of its time, handles cells
 shorter than twice the cutoff (several images of one atom), mixed periodicity and positions
 outside the cell. It gives integer image shifts ``S``; the distance vectors are then rebuilt in
 torch as ``D = r[j] - r[i] + S @ cell`` so that autograd sees positions and cell.

@@ -70,12 +70,35 @@ class Evaluation:
     extrapolating_per_element: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """What a new network needs besides its elements; a run takes it from ``[potential]``
+    (``slhmc.config.trainer_settings``), and a train_task carries it to the trainer.
+
+    ``cutoff``/``angular_cutoff``: Å, the descriptor's radial and angular cutoffs;
+    ``hidden``: the widths of each element's hidden layers; ``activation``: a name in ACTIVATIONS.
+    """
+
+    cutoff: float
+    angular_cutoff: float
+    hidden: tuple[int, ...]
+    activation: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))  # a list from the wire
+
+    def build(self, elements: list[int] | tuple[int, ...], device: str | torch.device = "cpu") -> BPNN:
+        """An untrained float64 network for ``elements`` (atomic numbers) with the default descriptor."""
+        spec = DescriptorSpec.default(elements, self.cutoff, self.angular_cutoff)
+        return BPNN(spec, self.hidden, self.activation).to(device)
+
+
 class BPNN(nn.Module):
     def __init__(
         self,
         spec: DescriptorSpec,
-        hidden: tuple[int, ...] = (15, 15),
-        activation: str = "tanh",
+        hidden: tuple[int, ...],
+        activation: str,
         dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()

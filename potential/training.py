@@ -271,15 +271,26 @@ def predict(model: BPNN, batch: Batch, create_graph: bool) -> tuple[torch.Tensor
     return energy, forces
 
 
-@dataclass
+LBFGS_ITERATIONS_PER_STEP = 10  # L-BFGS iterations per outer step (early stopping is checked between steps)
+
+
+@dataclass(frozen=True)
 class FitSettings:
-    force_weight: float = 0.1  # relative weight of mean |dF|^2 (eV/Å)^2 to mean (dE/N)^2 (eV)^2
-    validation_fraction: float = 0.1
-    max_steps: int = 60  # L-BFGS outer steps of up to ``iterations_per_step`` iterations each
-    iterations_per_step: int = 10
-    patience: int = 3  # outer steps without a validation improvement of ``min_improvement`` before stopping
-    min_improvement: float = 0.005  # relative
-    seed: int = 0
+    """Every setting of a fit; a run takes them from ``[training]`` (``slhmc.config.trainer_settings``),
+    and a train_task carries them to the trainer.
+
+    ``force_atoms`` and ``full_force_mb`` are the label store's (:class:`LabelStore`): which forces
+    enter the fit once the store is large.
+    """
+
+    force_weight: float  # relative weight of mean |dF|^2 (eV/Å)^2 to mean (dE/N)^2 (eV)^2
+    validation_fraction: float
+    max_steps: int  # L-BFGS outer steps of up to LBFGS_ITERATIONS_PER_STEP iterations each
+    patience: int  # outer steps without a validation improvement of ``min_improvement`` before stopping
+    min_improvement: float  # relative
+    seed: int  # of the validation split and the weight initialisation
+    force_atoms: int  # atoms per label whose forces enter the fit once the store holds full_force_mb; 0 = all
+    full_force_mb: float  # MB of featurized labels up to which every label keeps all its forces
 
 
 def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -451,7 +462,7 @@ def fit(
     optimiser = torch.optim.LBFGS(
         model.parameters(),
         lr=1.0,
-        max_iter=settings.iterations_per_step,
+        max_iter=LBFGS_ITERATIONS_PER_STEP,
         history_size=50,
         line_search_fn="strong_wolfe",
         tolerance_change=1e-14,

@@ -1,4 +1,4 @@
-"""The message schema, version 1, and its validation at the boundary.
+"""The message schema (``PROTOCOL_VERSION``) and its validation at the boundary.
 
 Every message is a msgpack map ``{"v": PROTOCOL_VERSION, "type": TYPE, ...fields}``. Each TYPE has
 a fixed set of fields (unknown fields are refused, so a typo never passes silently). Arrays are
@@ -19,8 +19,8 @@ import numpy as np
 
 from .codec import ProtocolError, array_from_wire, pack, unpack
 
-PROTOCOL_VERSION = 1
-ROLES = ("mlmd", "dft", "trainer")
+PROTOCOL_VERSION = 2  # 2: train_task carries its fit settings and architecture
+ROLES = ("mlmd", "dft", "trainer")  # the worker roles: hello's, the CLI's and the launcher's
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ _STRUCTURE = {
     "pbc": Arr("b1", (3,)),
 }
 _LABEL = {**_STRUCTURE, "label_id": int, "energy": float, "forces": Arr("f8", ("N", 3))}
+# a train_task's settings, the fields of slhmc.potential.training.FitSettings and
+# slhmc.potential.network.Architecture (units there); the server fills them from its config
+_FIT = {"force_weight": float, "validation_fraction": float, "max_steps": int, "patience": int,
+        "min_improvement": float, "seed": int, "force_atoms": int, "full_force_mb": float}
+_ARCHITECTURE = {"cutoff": float, "angular_cutoff": float, "hidden": ListOf(int, max_len=64), "activation": str}
 
 SCHEMA: dict[str, dict] = {
     "hello": {"role": OneOf(ROLES), "name": str, "pid": int, "labels_held": Opt(int)},
@@ -89,9 +94,12 @@ SCHEMA: dict[str, dict] = {
     # ``model``: the version to warm-start from, so a fit does not depend on what a (restarted)
     # trainer happens to hold, and a resumed deterministic run refits exactly as before
     "train_task": {"task_id": int, "version": int, "label_ids": Arr("i8", ("M",)), "warm_start": bool,
-                   "model": Opt(bytes)},
+                   "model": Opt(bytes), "fit": _FIT, "architecture": _ARCHITECTURE},
     "train_result": {"task_id": int, "version": int, "model": bytes, "metrics": FREE_MAP},
 }
+
+# which result answers each task (a ``failed`` answers any)
+RESULT_TYPE = {"md_task": "md_result", "label_task": "label_result", "train_task": "train_result"}
 
 _PLAIN = (str, int, float, bool, type(None))
 

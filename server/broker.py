@@ -23,16 +23,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
-from slhmc.protocol import ROLES, ProtocolError, build, parse
+from slhmc.protocol import RESULT_TYPE, ROLES, ProtocolError, build, parse
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_REPORT_S = 30.0  # at most one line per this many seconds about refused handshakes
-RESULT_TYPE = {"md_task": "md_result", "label_task": "label_result", "train_task": "train_result"}
 
 
 @dataclass
@@ -46,7 +45,9 @@ class Worker:
     # id of a task that timed out while this worker ran it: the worker is still busy with it, and
     # its late answer is dropped, after which the worker is idle again
     stale_task_id: int | None = None
-    state: dict = field(default_factory=dict)  # what the server knows it holds (model version, labels)
+
+
+Prepared = tuple[dict, list[tuple[str, dict]]]
 
 
 @dataclass
@@ -56,8 +57,9 @@ class Task:
     kind: str  # message type sent, e.g. "md_task"
     fields: dict
     context: object = None  # the server's own bookkeeping for this task
-    # called with the worker just before sending: may add fields that depend on the worker
-    prepare: Callable[[Worker, dict], dict] | None = None
+    # called with the worker just before sending: returns the task's fields for this worker and the
+    # messages (type, fields) to send it first; it must not call the broker
+    prepare: Callable[[Worker, dict], Prepared] | None = None
     worker: bytes | None = None
     attempts: int = 0
     sent_at: float = 0.0
@@ -158,7 +160,7 @@ class Broker:
         kind: str,
         fields: dict,
         context: object = None,
-        prepare: Callable[[Worker, dict], dict] | None = None,
+        prepare: Callable[[Worker, dict], Prepared] | None = None,
         timeout_s: float = 0.0,
     ) -> Task:
         task = Task(next(self._ids), role, kind, fields, context, prepare, timeout_s=timeout_s)
@@ -194,8 +196,9 @@ class Broker:
             while queue and idle:
                 worker = self.workers[idle.popleft()]
                 task = queue.popleft()
-                fields = task.prepare(worker, dict(task.fields)) if task.prepare else task.fields
-                if not self.send(worker, task.kind, task_id=task.task_id, **fields):
+                fields, first = task.prepare(worker, dict(task.fields)) if task.prepare else (task.fields, [])
+                sent = all(self.send(worker, kind, **f) for kind, f in first)
+                if not (sent and self.send(worker, task.kind, task_id=task.task_id, **fields)):
                     queue.appendleft(task)
                     log.warning("worker %s (%s) is gone (a task could not be sent to it)", worker.worker_id,
                                 worker.name)

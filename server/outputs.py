@@ -1,4 +1,7 @@
-"""A run directory: trial log, chain and dataset trajectories, model versions, checkpoint.
+"""Writing a run directory: trial log, chain and dataset trajectories, model versions, checkpoint.
+
+The file names, and the readers that ``slhmc analyze`` and the calculator loader use, are in
+:mod:`slhmc.rundir`.
 
 The checkpoint records the byte length of each append-only file at the moment it was written;
 ``--resume`` truncates the files back to those lengths, so the log, the dataset and the chain
@@ -27,13 +30,22 @@ from ase.io import read, write
 
 from slhmc import __version__
 from slhmc.config import Config
+from slhmc.rundir import (
+    CHAIN,
+    CHECKPOINT,
+    CONFIG_RECORD,
+    DATASET,
+    LOCK,
+    METRICS,
+    MODELS,
+    TRIALS,
+    model_file_name,
+    read_config_record,
+)
 
 log = logging.getLogger(__name__)
 
-APPEND_FILES = {"trials": "trials.jsonl", "chain": "chain.extxyz", "dataset": "dataset.extxyz",
-                "metrics": "models/metrics.jsonl"}
-CHECKPOINT = "checkpoint.json"
-CONFIG_RECORD = "config.json"
+APPEND_FILES = {"trials": TRIALS, "chain": CHAIN, "dataset": DATASET, "metrics": METRICS}
 CONFIG_FORMAT = "slhmc-run-config-1"
 # Keys (and sections) that a resumed run must keep: they define the target distribution
 # (system), the reference energies of the chain (reference.calculator, reference.options), the
@@ -78,12 +90,6 @@ def config_record(cfg: Config) -> dict:
                                               for p in cfg.initial_dataset_paths]
     return {"format": CONFIG_FORMAT, "slhmc_version": __version__, "config": cfg.model_dump(mode="json"),
             "inputs": inputs}
-
-
-def read_config_record(run_dir: str | Path) -> dict | None:
-    """The run's config.json, or None for a run started before runs recorded their config."""
-    path = Path(run_dir) / CONFIG_RECORD
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -191,9 +197,6 @@ def failed_start(run_dir: Path) -> bool:
             and not is_running(run_dir))
 
 
-LOCK = ".slhmc.lock"
-
-
 def is_running(run_dir: Path) -> bool:
     """A server holds the run's lock (it is bootstrapping now: its files are not leftovers)."""
     import fcntl
@@ -224,11 +227,11 @@ def set_aside_failed_start(run_dir: Path) -> Path:
         if path.exists():
             (aside / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, aside / name)
-    models = run_dir / "models"
+    models = run_dir / MODELS
     if models.is_dir():
         for path in list(models.iterdir()):
-            (aside / "models").mkdir(exist_ok=True)
-            os.replace(path, aside / "models" / path.name)
+            (aside / MODELS).mkdir(exist_ok=True)
+            os.replace(path, aside / MODELS / path.name)
     log.warning("%s held a run that stopped before its first checkpoint; its files are moved to %s and a new run "
                 "starts", run_dir, aside)
     return aside
@@ -239,7 +242,7 @@ class RunFiles:
         """``config``: checked against the run's config.json on resume (see check_run_dir), and
         recorded in it at the start of a new run (or of the first resume of a run without one)."""
         self.dir = Path(out_dir)
-        self.models = self.dir / "models"
+        self.models = self.dir / MODELS
         check_run_dir(self.dir, resume, config)
         if config is not None and read_config_record(self.dir) is None:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -301,7 +304,7 @@ class RunFiles:
         return read(path, index=":", format="extxyz") if path.stat().st_size else []
 
     def model_path(self, version: int) -> Path:
-        return self.models / f"model_{version:04d}.safetensors"
+        return self.models / model_file_name(version)
 
     def save_model(self, version: int, data: bytes, metrics: dict) -> None:
         atomic_write(self.model_path(version), data)

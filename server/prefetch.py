@@ -1,4 +1,4 @@
-"""Pre-fetching: several DFT workers advancing one exact chain (DESIGN section 4; Brockwell 2006).
+"""Pre-fetching: several DFT workers advancing one exact chain (Brockwell 2006).
 
 The chain is sequential, but a trial's trajectory needs only its start positions, not the
 outcome of the trial before: proposal t+1 can start from proposal t's end point *assuming* t is
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .chain import TrialDraws
+from slhmc.hmc import TrialDraws
 
 
 @dataclass(eq=False)
@@ -56,6 +56,58 @@ class AcceptanceEstimate:
 
     def assume_accept(self) -> bool:
         return self.value >= 0.5
+
+
+class Pipeline:
+    """The proposals in flight, in chain order, and which outcome the next one assumes.
+
+    ``path``: ``workers.prefetch_path`` — "auto" (the more probable outcome under the measured
+    acceptance), "accept" or "reject".
+    """
+
+    def __init__(self, path: str = "auto") -> None:
+        self.proposals: list[Proposal] = []
+        self.acceptance = AcceptanceEstimate()
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self.proposals)
+
+    def next_trial(self, chain_trial: int) -> int:
+        """The first trial whose trajectory has not been started (``chain_trial``: the chain's next)."""
+        return self.proposals[-1].trial + 1 if self.proposals else chain_trial
+
+    def next_start(self, chain_positions: np.ndarray) -> tuple[bool | None, np.ndarray] | None:
+        """(assumed outcome of the last proposal, start positions) of the next proposal; None when it
+        must wait (it assumes acceptance and the last proposal's end point is still being integrated)."""
+        if not self.proposals:
+            return None, chain_positions
+        prev = self.proposals[-1]
+        assume_accept = self.acceptance.assume_accept() if self.path == "auto" else self.path == "accept"
+        if assume_accept and prev.md is None:
+            return None
+        return assume_accept, (prev.md["positions"] if assume_accept else prev.start)
+
+    def append(self, proposal: Proposal) -> None:
+        self.proposals.append(proposal)
+
+    def pop_ready(self) -> Proposal | None:
+        """The head proposal, once its label is in (trials finish strictly in chain order)."""
+        if self.proposals and self.proposals[0].label is not None:
+            return self.proposals.pop(0)
+        return None
+
+    def settle(self, accepted: bool) -> list[Proposal]:
+        """The trial before the head finished with ``accepted``: if the head assumed otherwise, it and
+        everything after it leave the chain (marked dead; returned, so that their queued tasks can be
+        cancelled; running ones finish and their labels are kept as speculative)."""
+        self.acceptance.add(accepted)
+        if not self.proposals or self.proposals[0].assumes_accept == accepted:
+            return []
+        dropped, self.proposals = self.proposals, []
+        for p in dropped:
+            p.dead = True
+        return dropped
 
 
 def trials_per_round(acceptance: float, k: int) -> float:

@@ -160,7 +160,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analyze import analyze
+    from .analysis import analyze
 
     return analyze(args.dir)
 
@@ -235,9 +235,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_codes(args: argparse.Namespace) -> int:
-    from slhmc.clients.calculators import BUILTIN, code_status
+    from slhmc.clients.references import CODES, code_status
 
-    for name in BUILTIN:
+    for name in CODES:
         ok, detail = code_status(name)
         print(f"{name:<9} {'usable' if ok else 'missing':<8} {detail}")
     return 0
@@ -266,14 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     server.set_defaults(func=cmd_server)
 
     worker = sub.add_parser("worker", help="one worker process")
-    worker.add_argument("role", choices=["mlmd", "dft", "trainer"])
+    from slhmc.protocol import ROLES
+
+    worker.add_argument("role", choices=ROLES)
     worker.add_argument("--connect", required=True, help="the server's address, e.g. tcp://host:5555")
     worker.add_argument("--config", default=None, help="local config: its [reference] wins over the server's")
     worker.add_argument("--name", default=None)
     worker.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     worker.add_argument("--device", default="auto", help="torch device of mlmd/trainer: auto (GPU if any), cpu, cuda")
-    worker.add_argument("--timeout", type=float, default=10.0,
-                        help="s of server silence before reconnecting (at least 3 server heartbeats)")
+    worker.add_argument("--timeout", type=float, default=None,
+                        help="s of server silence before reconnecting (default: 10 server heartbeats, "
+                        "from the server's workers.heartbeat; at least 3)")
     worker.add_argument("--keys", default=None, help="CurveZMQ key directory with server.key, client.key_secret")
     worker.add_argument("--key-name", default="client", help="which NAME.key_secret in --keys (default client)")
     worker.add_argument("--max-idle", type=float, default=0.0,

@@ -1,14 +1,15 @@
 """The run configuration (TOML), validated before any process starts.
 
-Section and key names are a stable interface (DESIGN section 6). Unknown keys are errors, so a
+Section and key names are a stable interface (docs/design.md, "Interfaces"). Unknown keys are errors, so a
 typo is reported with its name instead of being silently ignored.
 """
 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,6 +20,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from slhmc.potential.network import Architecture
+    from slhmc.potential.training import FitSettings
 
 
 class _Section(BaseModel):
@@ -36,7 +41,7 @@ class SystemConfig(_Section):
 
 
 class ReferenceConfig(_Section):
-    calculator: str = "emt"  # a name in slhmc.clients.calculators.BUILTIN or "module:function"
+    calculator: str = "emt"  # a name in slhmc.clients.references.CODES or "module:function"
     options: dict[str, Any] = Field(default_factory=dict)
     retries: int = Field(2, ge=0, description="retries of a failed reference call before the run stops")
     timeout: float = Field(0.0, ge=0, description="s; a reference call running longer is retried elsewhere; 0 = none")
@@ -144,6 +149,11 @@ class Config(_Section):
                              "(model 0 would be fitted on one label)")
         return self
 
+    def train_task_fields(self) -> dict:
+        """The ``fit`` and ``architecture`` maps of every train_task (see :func:`trainer_settings`)."""
+        fit, architecture = trainer_settings(self.potential, self.training, self.hmc.seed)
+        return {"fit": asdict(fit), "architecture": asdict(architecture)}
+
     @property
     def structure_path(self) -> Path:
         return Path(self.base_dir) / self.system.structure
@@ -155,6 +165,35 @@ class Config(_Section):
     @property
     def initial_dataset_paths(self) -> list[Path]:
         return [Path(self.base_dir) / p for p in self.training.initial_dataset]
+
+
+def trainer_settings(potential: PotentialConfig, training: TrainingConfig,
+                     seed: int) -> tuple[FitSettings, Architecture]:
+    """The fit settings and a new model's architecture that ``[potential]`` and ``[training]`` ask
+    for: the one mapping from config keys to the trainer's inputs (the server's train_task and
+    ``slhmc train`` both use it). ``seed``: of the validation split and the initial weights.
+    """
+    from slhmc.potential.descriptors import default_angular_cutoff
+    from slhmc.potential.network import Architecture
+    from slhmc.potential.training import FitSettings
+
+    fit = FitSettings(
+        force_weight=training.force_weight,
+        validation_fraction=training.validation_fraction,
+        max_steps=training.max_steps,
+        patience=training.patience,
+        min_improvement=training.min_improvement,
+        seed=seed,
+        force_atoms=training.force_atoms,
+        full_force_mb=training.full_force_mb,
+    )
+    architecture = Architecture(
+        cutoff=potential.cutoff,
+        angular_cutoff=default_angular_cutoff(potential.cutoff, potential.angular_cutoff),
+        hidden=tuple(potential.hidden),
+        activation=potential.activation,
+    )
+    return fit, architecture
 
 
 class ConfigError(ValueError):
@@ -201,7 +240,7 @@ def check_inputs(cfg: Config, local_reference: bool = False) -> None:
     ``local_reference``: the DFT workers run on this machine (``slhmc run``), so a
     ``module:function`` factory must be importable here too. Elsewhere the option names of the
     built-ins that import in milliseconds are checked where installed; the DFT worker checks the
-    same names again with the same function (slhmc.clients.calculators.check_options).
+    same names again with the same function (slhmc.clients.references.check_options).
     """
     from ase.io import read
 
@@ -219,24 +258,12 @@ def check_inputs(cfg: Config, local_reference: bool = False) -> None:
         check_structure(start)
     except StructureError as err:
         raise ConfigError(f"{where} system.structure: {path}: {err}") from None
-    from slhmc.clients.calculators import BUILTIN, CalculatorConfigError, check_name, check_options, resolve_factory
+    from slhmc.clients.references import CalculatorConfigError, check_config
 
-    name = cfg.reference.calculator
     try:  # the form everywhere; that the factory imports, only where the DFT workers run here
-        check_name(name)
-        factory = resolve_factory(name) if local_reference else None
+        check_config(cfg.reference.calculator, cfg.reference.options, here=local_reference)
     except CalculatorConfigError as err:
         raise ConfigError(f"{where} {err}") from None
-    if factory is None and name in BUILTIN and BUILTIN[name].checked:
-        try:
-            factory = resolve_factory(name)
-        except CalculatorConfigError:
-            pass  # not installed on this server: the DFT workers check the options
-    if factory is not None:
-        try:
-            check_options(name, cfg.reference.options, factory)
-        except CalculatorConfigError as err:
-            raise ConfigError(f"{where} {err}") from None
     from slhmc.initial import check_initial_inputs
 
     check_initial_inputs(cfg)  # potential.initial_model, training.initial_dataset

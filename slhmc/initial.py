@@ -27,7 +27,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, trainer_settings
 
 MODEL_KEY = "potential.initial_model"
 DATASET_KEY = "training.initial_dataset"
@@ -101,7 +101,7 @@ def read_initial_dataset(cfg: Config, elements: set[int] | None = None) -> list[
     forces of shape (N, 3), and (where ``elements`` is given) only those elements."""
     from ase.io import read
 
-    from slhmc.clients.dft import reference_energy
+    from slhmc.clients.references import reference_energy
 
     frames: list[InitialFrame] = []
     for name, path in zip(cfg.training.initial_dataset, cfg.initial_dataset_paths, strict=True):
@@ -139,11 +139,11 @@ def read_initial_dataset(cfg: Config, elements: set[int] | None = None) -> list[
 def potential_overrides(cfg: Config, model: InitialModel) -> dict[str, tuple[object, object]]:
     """``[potential]`` keys whose config value differs from the initial model's:
     key -> (config value, model value). The model's values are the ones the run uses."""
-    pot, hyper = cfg.potential, model.hyperparameters
+    _, arch = trainer_settings(cfg.potential, cfg.training, cfg.hmc.seed)
+    hyper = model.hyperparameters
     descriptor = hyper["descriptor"]
-    ours = {"cutoff": pot.cutoff,
-            "angular_cutoff": min(pot.cutoff, 4.5) if pot.angular_cutoff is None else pot.angular_cutoff,
-            "hidden": list(pot.hidden), "activation": pot.activation}
+    ours = {"cutoff": arch.cutoff, "angular_cutoff": arch.angular_cutoff, "hidden": list(arch.hidden),
+            "activation": arch.activation}
     theirs = {"cutoff": descriptor["cutoff"], "angular_cutoff": descriptor["angular_cutoff"],
               "hidden": list(hyper["hidden"]), "activation": hyper["activation"]}
     return {f"potential.{k}": (ours[k], theirs[k]) for k in ours if json.dumps(ours[k]) != json.dumps(theirs[k])}

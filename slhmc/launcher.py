@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from slhmc.protocol import ROLES
+
 from .config import Config
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ ORPHAN_WORKER_S = 120  # a worker started here gives up after this long without 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    # several processes share the cores: one thread each (FIELD-NOTES: 2 torch threads on a busy
+    # several processes share the cores: one thread each (measured: 2 torch threads on a busy
     # 2-core machine made a step 50x slower)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(var, "1")
@@ -42,7 +44,7 @@ _NOT_BUILT_HERE = ("cp2k", "gpaw")
 def check_reference(config: Config) -> str | None:
     """Build the reference calculator once, as each DFT worker of this machine would (and close it):
     an option its constructor refuses is one error before any process starts. None when it builds."""
-    from slhmc.clients.calculators import make_calculator
+    from slhmc.clients.references import make_calculator
 
     ref = config.reference
     if ref.calculator in _NOT_BUILT_HERE:
@@ -87,7 +89,8 @@ def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str 
     if not progress:
         server_cmd.append("--no-progress")
     server = subprocess.Popen(server_cmd, env=env)
-    slots = [("mlmd", 0), ("trainer", 0)] + [("dft", k) for k in range(config.workers.dft)]
+    # one worker of each role, and workers.dft of the DFT role
+    slots = [(role, k) for role in ROLES for k in range(config.workers.dft if role == "dft" else 1)]
     workers: dict[tuple[str, int], subprocess.Popen] = {}
     restarts = dict.fromkeys(slots, 0)
 

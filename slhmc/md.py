@@ -39,6 +39,9 @@ from tqdm import tqdm
 from slhmc.potential import load_calculator
 from slhmc.potential.calculator import BPNNCalculator
 from slhmc.potential.network import EXTRAPOLATION_ABSOLUTE_MARGIN, EXTRAPOLATION_RELATIVE_MARGIN
+from slhmc.rundir import ENERGIES, EXTRAPOLATION, MD_META, TRAJECTORY, repeat_dir
+from slhmc.rundir import flagged_repeats as flagged_repeats  # md.json readers, re-exported for the CLI
+from slhmc.rundir import stopped_repeats as stopped_repeats
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +93,12 @@ class ExtrapolationWatch:
                         "symmetry function outside the training range; structure in %s", self.repeat, step, phase,
                         step * self.timestep_fs, n, len(atoms),
                         ", ".join(f"{el} {c}" for el, c in per_element.items() if c),
-                        self.rep_dir / "extrapolation.extxyz")
+                        self.rep_dir / EXTRAPOLATION)
             flagged = atoms.copy()
             flagged.info.update(step=step, time_fs=step * self.timestep_fs, extrapolating_atoms=n)
             flagged.arrays["extrapolating"] = self.calc.model.extrapolating_mask(
                 atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc)
-            write(self.rep_dir / "extrapolation.extxyz", flagged, format="extxyz")
+            write(self.rep_dir / EXTRAPOLATION, flagged, format="extxyz")
         if self.stop:
             raise ExtrapolationStop(step)
 
@@ -146,14 +149,15 @@ def run_md(
     device: str | None = None,
     on_extrapolation: str = "warn",
 ) -> Path:
-    """Run the repeats; returns the output directory. Whether extrapolation was flagged or stopped a
-    repeat is in ``md.json`` (``extrapolation.repeats``), see :func:`stopped_repeats`."""
+    """Run the repeats; returns the output directory (its files are named in slhmc.rundir). Whether
+    extrapolation was flagged or stopped a repeat is in ``md.json`` (``extrapolation.repeats``), see
+    :func:`slhmc.rundir.stopped_repeats`."""
     if ensemble not in ("nve", "nvt"):
         raise ValueError(f"ensemble must be nve or nvt, got {ensemble!r}")
     if on_extrapolation not in ON_EXTRAPOLATION:
         raise ValueError(f"on_extrapolation must be one of {ON_EXTRAPOLATION}, got {on_extrapolation!r}")
     out_dir = Path(out)
-    if (out_dir / "md.json").exists():
+    if (out_dir / MD_META).exists():
         raise FileExistsError(f"{out_dir} already holds an MD run; choose another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     calc = load_calculator(model, device=device)
@@ -169,7 +173,7 @@ def run_md(
             "extrapolation": {"checked": checked, "on_extrapolation": on_extrapolation,
                               "relative_margin": EXTRAPOLATION_RELATIVE_MARGIN,
                               "absolute_margin": EXTRAPOLATION_ABSOLUTE_MARGIN, "repeats": []}}
-    _write_json(out_dir / "md.json", meta)
+    _write_json(out_dir / MD_META, meta)
     for r in range(repeats):
         rng = np.random.default_rng([seed, r])
         atoms = start.copy()
@@ -178,9 +182,9 @@ def run_md(
         thermalize_momenta(atoms, temperature_K, rng=rng)
         Stationary(atoms)  # no centre-of-mass drift
         dt = timestep_fs * units.fs
-        rep_dir = out_dir / f"repeat_{r}"
+        rep_dir = repeat_dir(out_dir, r)
         rep_dir.mkdir(exist_ok=True)
-        traj_path = rep_dir / "trajectory.extxyz"
+        traj_path = rep_dir / TRAJECTORY
         watch = ExtrapolationWatch(calc, r, rep_dir, timestep_fs, stop=on_extrapolation == "stop")
         thermostat = Langevin(atoms, dt, temperature_K=temperature_K, friction=LANGEVIN_FRICTION_PER_FS / units.fs,
                               fixcm=False, rng=rng)
@@ -193,7 +197,7 @@ def run_md(
         total = equilibrate + steps
         bar = tqdm(total=total, desc=f"MD {r + 1}/{repeats}", unit="step", disable=not progress, dynamic_ncols=True)
         stopped = False
-        with open(rep_dir / "energies.csv", "w", newline="") as f:
+        with open(rep_dir / ENERGIES, "w", newline="") as f:
             table = csv.writer(f)
             table.writerow(CSV_COLUMNS)
             try:
@@ -213,7 +217,7 @@ def run_md(
         bar.close()
         record = watch.record(stopped)
         meta["extrapolation"]["repeats"].append(record)
-        _write_json(out_dir / "md.json", meta)
+        _write_json(out_dir / MD_META, meta)
         if stopped:
             log.error("repeat %d stopped at step %d (t = %.1f fs): the network extrapolates (%d atoms outside the "
                       "training range); its files end there", r, record["first_step"], record["first_time_fs"],
@@ -227,13 +231,3 @@ def run_md(
             log.info("repeat %d: no extrapolation in %d MD steps", r, record["checked_steps"])
         log.info("repeat %d done: %s", r, traj_path)
     return out_dir
-
-
-def stopped_repeats(meta: dict) -> list[dict]:
-    """The ``md.json`` records of repeats that on_extrapolation="stop" ended early."""
-    return [rec for rec in meta.get("extrapolation", {}).get("repeats", []) if rec.get("stopped")]
-
-
-def flagged_repeats(meta: dict) -> list[dict]:
-    """The ``md.json`` records of repeats with at least one extrapolating step."""
-    return [rec for rec in meta.get("extrapolation", {}).get("repeats", []) if rec.get("first_step") is not None]

@@ -15,11 +15,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from slhmc.config import ConfigError, PotentialConfig, TrainingConfig, describe_errors, read_toml
-from slhmc.potential.descriptors import DescriptorSpec
-from slhmc.potential.network import BPNN, resolve_device
+from slhmc.config import ConfigError, PotentialConfig, TrainingConfig, describe_errors, read_toml, trainer_settings
+from slhmc.potential.network import resolve_device
 from slhmc.potential.serialization import save_model
-from slhmc.potential.training import FitSettings, Label, LabelStore, fit
+from slhmc.potential.training import Label, LabelStore, fit
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +76,11 @@ def train_model(
     """Fit a new network on ``datasets`` and write it to ``out`` (safetensors); returns the metrics."""
     pot, training = read_sections(config_path)
     labels = read_labels(datasets)
-    elements = sorted({int(z) for lab in labels for z in lab.numbers})
-    spec = DescriptorSpec.default(elements, pot.cutoff, pot.angular_cutoff)
-    model = BPNN(spec, tuple(pot.hidden), pot.activation).to(resolve_device(device))
-    store = LabelStore(model, training.force_atoms, training.full_force_mb)
+    settings, architecture = trainer_settings(pot, training, seed)
+    model = architecture.build(sorted({int(z) for lab in labels for z in lab.numbers}), resolve_device(device))
+    store = LabelStore(model, settings.force_atoms, settings.full_force_mb)
     for label in tqdm(labels, desc="descriptors", unit="frame", disable=not progress, dynamic_ncols=True):
         store.featurize_and_add(model, [label])
-    settings = FitSettings(force_weight=training.force_weight, validation_fraction=training.validation_fraction,
-                           max_steps=training.max_steps, patience=training.patience,
-                           min_improvement=training.min_improvement, seed=seed)
     bar = tqdm(total=settings.max_steps, desc="L-BFGS", unit="step", disable=not progress, dynamic_ncols=True)
 
     def step(k: int, validation_loss: float) -> None:

@@ -2,9 +2,9 @@
 
 With the same calculator for the trajectory and the acceptance this is textbook HMC, the exact
 reference SLHMC is checked against; with a cheap calculator for the trajectory it is the SLHMC
-algorithm without workers or sockets. It is built from the same pieces as the server (the
-per-trial random stream, kinetic energy, ΔH, Metropolis) and the ML-MD worker (velocity Verlet),
-so that a test can swap one rule (``delta_h``) and show that the statistics catch it.
+algorithm without workers or sockets. It is built from the pieces the server and the ML-MD worker
+use (:mod:`slhmc.hmc`), so that a test can swap one rule (``delta_h``) and show that the
+statistics catch it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
 
-from slhmc.clients.mlmd import velocity_verlet
-from slhmc.server import chain
+from slhmc import hmc
 
 
 def calculator_forces(atoms: Atoms, calc: Calculator) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
@@ -41,7 +40,7 @@ def plain_hmc(
     timestep_fs: float,
     seed: int = 0,
     proposal: Calculator | None = None,
-    delta_h: Callable[[float, float, float, float], float] = chain.delta_h,
+    delta_h: Callable[[float, float, float, float], float] = hmc.delta_h,
 ) -> list[dict]:
     """Run ``trials`` HMC trials; returns one record per trial (``e_chain``, ``accepted``, ``positions``).
 
@@ -50,19 +49,15 @@ def plain_hmc(
     masses = atoms.get_masses()
     ref = calculator_forces(atoms, reference)
     md = ref if proposal is None else calculator_forces(atoms, proposal)
-    positions = atoms.positions.copy()
-    e_chain, _ = ref(positions)
+    state = hmc.ChainState(0, 0, atoms.positions.copy(), atoms.cell.array.copy(), ref(atoms.positions)[0])
     records = []
     for t in range(trials):
-        draws = chain.draw(seed, t, masses, temperature_K)
-        out = velocity_verlet(md, positions, draws.momenta, masses, md_steps, timestep_fs)
-        e_new = out["e_ml_end"] if proposal is None else ref(out["positions"])[0]
-        dh = delta_h(chain.kinetic_energy(draws.momenta, masses), e_chain,
-                     chain.kinetic_energy(out["momenta"], masses), e_new)
-        accepted = chain.accept(dh, temperature_K, draws.uniform)
-        if accepted:
-            positions, e_chain = out["positions"], e_new
-        records.append({"trial": t, "accepted": accepted, "e_chain": e_chain, "positions": positions})
+        draws = hmc.draw(seed, t, masses, temperature_K)
+        out = hmc.velocity_verlet(md, state.positions, draws.momenta, masses, md_steps, timestep_fs)
+        e_new = out.e_end if proposal is None else ref(out.positions)[0]
+        step = hmc.metropolis_step(state, draws, out.positions, out.momenta, e_new, masses, temperature_K,
+                                   delta_h=delta_h)
+        records.append({"trial": t, "accepted": step.accepted, "e_chain": state.energy, "positions": state.positions})
     return records
 
 

@@ -33,7 +33,7 @@ def cu_alloy():
 def model():
     """A random two-element BPNN (float64) with non-trivial normalisation and reference energies."""
     torch.manual_seed(0)
-    m = BPNN(DescriptorSpec.default([28, 29], cutoff=4.5, n_radial=5), hidden=(8, 8))
+    m = BPNN(DescriptorSpec.default([28, 29], cutoff=4.5, n_radial=5), hidden=(8, 8), activation="tanh")
     with torch.no_grad():
         m.feature_mean.uniform_(0.0, 0.5)
         m.feature_std.uniform_(0.5, 2.0)

@@ -73,7 +73,8 @@ def test_a_real_worker_is_served_after_the_noise(broker_and_peer):
         if joined:
             break
     assert joined
-    assert any(m["type"] == "welcome" for m in drain(worker))
+    welcome = next(m for m in drain(worker) if m["type"] == "welcome")
+    assert welcome["heartbeat_s"] == broker.heartbeat_s  # the worker's liveness timeout follows it
     atoms = {"numbers": np.array([29], dtype=np.int64), "positions": np.zeros((1, 3)), "cell": np.eye(3) * 3.0,
              "pbc": np.array([True, True, True])}
     task = broker.submit("dft", "label_task", atoms)
@@ -92,3 +93,34 @@ def test_a_real_worker_is_served_after_the_noise(broker_and_peer):
             break
     assert done and done[0].task is task and done[0].message["energy"] == -1.5
     worker.close()
+
+
+def test_a_task_whose_workers_keep_dying_fails_instead_of_cycling():
+    """Each worker that takes the task goes silent (a structure that kills the code): the task is
+    re-queued MAX_LOST_WORKERS times, then reported failed, so the server stops with an error."""
+    from slhmc.server.broker import MAX_LOST_WORKERS, Failed, Lost
+
+    broker = Broker("tcp://127.0.0.1:*", {}, heartbeat_s=60.0, timeout_s=0.2)
+    atoms = {"numbers": np.array([29], dtype=np.int64), "positions": np.zeros((1, 3)), "cell": np.eye(3) * 3.0,
+             "pbc": np.array([True, True, True])}
+    task = broker.submit("dft", "label_task", atoms)
+    events: list = []
+    try:
+        for k in range(MAX_LOST_WORKERS + 1):
+            doomed = zmq.Context.instance().socket(zmq.DEALER)
+            doomed.setsockopt(zmq.LINGER, 0)
+            doomed.connect(broker.endpoint)
+            doomed.send(build("hello", role="dft", name=f"doomed-{k}", pid=k))
+            got = []
+            for _ in range(100):  # the task reaches it; then it says nothing more and is declared dead
+                events += broker.poll(0.02)
+                got += drain(doomed)
+                if any(isinstance(e, Lost) and e.worker.name == f"doomed-{k}" for e in events):
+                    break
+            assert any(m["type"] == "label_task" for m in got)
+            doomed.close()
+        failed = [e for e in events if isinstance(e, Failed)]
+        assert len(failed) == 1 and failed[0].task is task and "workers running it were lost" in failed[0].error
+        assert task.lost == MAX_LOST_WORKERS + 1 and task.task_id not in broker.tasks
+    finally:
+        broker.close()

@@ -53,3 +53,29 @@ def test_bad_toml_says_where(tmp_path):
     path.write_text("[hmc]\ntrials = = 3\n")
     with pytest.raises(ConfigError, match="bad.toml"):
         load_config(path)
+
+
+def test_trainer_settings_come_from_the_config_and_travel_in_the_train_task():
+    import dataclasses
+
+    import numpy as np
+
+    from slhmc.config import trainer_settings
+    from slhmc.protocol import build, parse
+
+    data = {"system": {"structure": "x.xyz", "temperature": 300.0}, "hmc": {"seed": 11},
+            "potential": {"cutoff": 5.0, "hidden": [7, 5], "activation": "silu"},
+            "training": {"max_steps": 9, "patience": 2, "force_atoms": 4, "full_force_mb": 1.5}}
+    cfg = from_dict(data)
+    fit, arch = trainer_settings(cfg.potential, cfg.training, cfg.hmc.seed)
+    assert (fit.max_steps, fit.patience, fit.force_atoms, fit.full_force_mb, fit.seed) == (9, 2, 4, 1.5, 11)
+    assert fit.force_weight == cfg.training.force_weight  # unset keys: the config's defaults
+    assert (arch.cutoff, arch.angular_cutoff, arch.hidden, arch.activation) == (5.0, 4.5, (7, 5), "silu")
+    assert trainer_settings(cfg.potential.model_copy(update={"angular_cutoff": 3.0}), cfg.training, 0)[1] \
+        .angular_cutoff == 3.0
+
+    # every field of both records crosses the wire and comes back the same
+    task = parse(build("train_task", task_id=1, version=2, label_ids=np.arange(3), warm_start=False, model=None,
+                       **cfg.train_task_fields()))
+    assert task["fit"] == dataclasses.asdict(fit)
+    assert type(arch)(**task["architecture"]) == arch and type(fit)(**task["fit"]) == fit

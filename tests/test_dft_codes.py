@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from slhmc.clients.calculators import make_calculator
 from slhmc.clients.dft import DFTHandler
+from slhmc.clients.references import make_calculator
 
 from .conftest import ROOT
 from .test_end_to_end import env
@@ -185,7 +185,7 @@ def test_espresso_fresh_and_through_the_socket_agree():
 def test_espresso_errors_say_what_to_fix():
     import shutil
 
-    from slhmc.clients.calculators import CalculatorConfigError
+    from slhmc.clients.references import CalculatorConfigError
 
     if shutil.which("pw.x") is None:
         with pytest.raises(CalculatorConfigError, match="not on PATH"):

@@ -253,7 +253,7 @@ def test_analyze_delta_e_columns_by_hand(tmp_path):
     computation by hand on four trials of a 2-atom cell at 500 K."""
     from ase import units
 
-    from slhmc.analyze import analyze
+    from slhmc.analysis import analyze
 
     # trial: model, accepted, e_ref_old, e_ref, e_ml_start, e_ml, k_old, k_new (eV)
     rows = [(0, True, -1.00, -0.98, -1.10, -1.07, 0.05, 0.04),  # ΔE_ref 0.02, ΔE_ML 0.03: err +0.01

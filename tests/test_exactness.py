@@ -31,7 +31,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.morse import MorsePotential
 from ase.io import read, write
 
-from slhmc.server import chain
+from slhmc import hmc
 from slhmc.statistics import estimate
 from slhmc.validation import plain_hmc
 
@@ -135,7 +135,7 @@ def test_dimer_check_catches_wrong_rules(rule):
     reference = FailsWhenStretched(**MORSE) if rule == "failure_as_rejection" else MorsePotential(**MORSE)
     records = plain_hmc(dimer(), reference, T_DIMER, trials=3000, md_steps=4, timestep_fs=8.0, seed=5,
                         proposal=MorsePotential(**MORSE),
-                        delta_h=potential_only if rule == "potential_only_delta_h" else chain.delta_h)
+                        delta_h=potential_only if rule == "potential_only_delta_h" else hmc.delta_h)
     z_mean, z_var = z_scores(bond_lengths([r["positions"] for r in records[50:]]))
     print(f"{rule}: z(mean) {z_mean:.2f}, z(var) {z_var:.2f}")
     if rule == "exact":

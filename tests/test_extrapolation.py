@@ -68,7 +68,7 @@ def flagged(model: BPNN, atoms) -> int | None:
 def cu_model() -> BPNN:
     """A Cu network whose training range is that of 30 frames of 600 K EMT MD."""
     torch.manual_seed(0)
-    model = BPNN(DescriptorSpec.default([29], cutoff=4.5, n_radial=6), hidden=(10, 10))
+    model = BPNN(DescriptorSpec.default([29], cutoff=4.5, n_radial=6), hidden=(10, 10), activation="tanh")
     assert not model.has_feature_range() and flagged(model, cu32()) is None  # nothing recorded: no check
     record(model, emt_frames(600.0, 30, seed=1))
     assert model.has_feature_range()
@@ -97,7 +97,7 @@ def test_one_displaced_atom_flags_itself_and_its_neighbours_only(cu_model):
 
 
 def test_range_is_per_element_and_an_untrained_element_extrapolates(cu_alloy):
-    model = BPNN(DescriptorSpec.default([28, 29], cutoff=4.5, n_radial=5), hidden=(8, 8))
+    model = BPNN(DescriptorSpec.default([28, 29], cutoff=4.5, n_radial=5), hidden=(8, 8), activation="tanh")
     species = model.species_index(cu_alloy.numbers)
     feats = model.features(species, torch.tensor(cu_alloy.positions), torch.tensor(cu_alloy.cell.array),
                            model.pairs(cu_alloy.positions, cu_alloy.cell.array, cu_alloy.pbc))
@@ -200,7 +200,7 @@ def test_md_warn_keeps_going_and_counts_every_step(cu_model, tmp_path):
 
 
 def test_md_with_a_model_without_range_leaves_the_column_empty(tmp_path):
-    model = BPNN(DescriptorSpec.default([29], cutoff=4.5, n_radial=6), hidden=(10, 10))
+    model = BPNN(DescriptorSpec.default([29], cutoff=4.5, n_radial=6), hidden=(10, 10), activation="tanh")
     save_model(tmp_path / "model.safetensors", model)
     write(tmp_path / "cu.xyz", cu32())
     out = run_md(str(tmp_path / "model.safetensors"), str(tmp_path / "cu.xyz"), 300.0, steps=2, timestep_fs=1.0,

@@ -18,7 +18,8 @@ from ase.io import read
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.spacegroup import crystal
 
-from slhmc.clients.mlmd import model_forces, velocity_verlet
+from slhmc.clients.mlmd import model_forces
+from slhmc.hmc import velocity_verlet
 from slhmc.potential.calculator import BPNNCalculator
 from slhmc.potential.descriptors import DescriptorSpec
 from slhmc.potential.fast import FastPotential
@@ -43,7 +44,7 @@ def random_model(atoms: Atoms, spec: DescriptorSpec, seed: int = 0) -> BPNN:
     """A random network standardised on the structure's own features, so that it is not saturated and
     its forces are of a realistic size (and differ between elements and features)."""
     torch.manual_seed(seed)
-    model = BPNN(spec, hidden=(12, 10))
+    model = BPNN(spec, hidden=(12, 10), activation="tanh")
     species = model.species_index(atoms.numbers)
     feats = model.features(species, torch.tensor(atoms.positions), torch.tensor(atoms.cell.array),
                            model.pairs(atoms.positions, atoms.cell.array, atoms.pbc))
@@ -120,7 +121,7 @@ def test_fast_forces_equal_autograd_along_md_with_list_reuse_and_rebuilds(name):
 
     out = velocity_verlet(both, atoms.positions, atoms.get_momenta(), atoms.get_masses(), steps, 2.0)
     assert len(checked) == steps + 1
-    moved = np.abs(out["positions"] - atoms.positions).max()
+    moved = np.abs(out.positions - atoms.positions).max()
     assert moved > skin  # the atoms went further than the skin: the list cannot have stayed valid by luck
     assert 1 < fast.neighbors.builds < steps  # rebuilt, and reused in between
 
@@ -197,12 +198,12 @@ def test_ml_md_trajectory_is_time_reversible_across_list_rebuilds():
     masses = atoms.get_masses()
     out = velocity_verlet(forces, atoms.positions, atoms.get_momenta(), masses, 30, 2.0)
     builds_out = fast.neighbors.builds
-    back = velocity_verlet(forces, out["positions"], -out["momenta"], masses, 30, 2.0)
+    back = velocity_verlet(forces, out.positions, -out.momenta, masses, 30, 2.0)
     assert builds_out > 2 and fast.neighbors.builds > builds_out + 2
-    np.testing.assert_allclose(back["positions"], atoms.positions, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(back.positions, atoms.positions, rtol=0, atol=1e-9)
     p0 = atoms.get_momenta()
-    np.testing.assert_allclose(-back["momenta"], p0, rtol=0, atol=1e-9 * np.abs(p0).max())
-    assert abs(back["e_ml_end"] - out["e_ml_start"]) < 1e-9
+    np.testing.assert_allclose(-back.momenta, p0, rtol=0, atol=1e-9 * np.abs(p0).max())
+    assert abs(back.e_end - out.e_start) < 1e-9
 
 
 def test_cutoff_polynomial_equals_libm_cosine_cutoff():

@@ -19,9 +19,9 @@ import pytest
 from ase import Atoms, units
 from ase.calculators.calculator import CalculatorError
 
-from slhmc.clients.calculators import code_status, make_calculator
-from slhmc.clients.dft import DFTHandler, ReferenceCalculationError, check_same_units
-from slhmc.clients.socket_bridge import (
+from slhmc.clients.dft import DFTHandler, check_same_units
+from slhmc.clients.references import ReferenceCalculationError, code_status, make_calculator
+from slhmc.clients.references.socket_bridge import (
     HARTREE_EV,
     SocketBridge,
     bound_unix_paths,
@@ -114,7 +114,7 @@ def test_sigkilled_dft_worker_takes_its_client_along_and_its_socket_file_is_clea
         import sys, time
         from concurrent.futures import ThreadPoolExecutor
         from ase import Atoms
-        from slhmc.clients.calculators import make_calculator
+        from slhmc.clients.references import make_calculator
         calc = make_calculator("socket", {{"client": "{DRIVER} -u -a {{unixsocket}} -m harmonic -o {K}",
                                            "timeout": 20}})
         def label():

@@ -183,7 +183,7 @@ def test_bad_initial_inputs_name_key_and_file(case, key, tmp_path):
         (tmp_path / name).write_bytes(b"\x08" + bytes(40))
     elif case == "model without the structure's element":
         name = "ni_model.safetensors"
-        save_model(tmp_path / name, BPNN(DescriptorSpec.default([28], cutoff=4.5), hidden=(4,)))
+        save_model(tmp_path / name, BPNN(DescriptorSpec.default([28], cutoff=4.5), hidden=(4,), activation="tanh"))
     if key == "training.initial_dataset":
         text = text.replace("[training]", f'[training]\ninitial_dataset = "{name}"')
     else:

@@ -16,10 +16,11 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
+from slhmc.config import PotentialConfig, TrainingConfig, trainer_settings
 from slhmc.potential.descriptors import DescriptorSpec
 from slhmc.potential.network import BPNN
 from slhmc.potential.serialization import save_model
-from slhmc.potential.training import FitSettings, featurize, fit
+from slhmc.potential.training import featurize, fit
 from slhmc.spectra import gamma_frequencies_THz, peaks_THz, smooth, vacf_dos
 
 from .test_end_to_end import env
@@ -62,9 +63,9 @@ def test_low_temperature_vacf_dos_sits_on_the_harmonic_modes():
 
 
 def test_slhmc_md_and_its_analysis(tmp_path):
-    torch_model = BPNN(DescriptorSpec.default([29], cutoff=4.5, n_radial=6), hidden=(10, 10))
+    torch_model = BPNN(DescriptorSpec.default([29], cutoff=4.5, n_radial=6), hidden=(10, 10), activation="tanh")
     fit(torch_model, [featurize(torch_model, lab) for lab in emt_labels(16, seed=4)],
-        FitSettings(max_steps=10, seed=1), warm_start=False)
+        trainer_settings(PotentialConfig(), TrainingConfig(max_steps=10), seed=1)[0], warm_start=False)
     save_model(tmp_path / "model.safetensors", torch_model, {"version": 0})
     write(tmp_path / "cu8.xyz", bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1)))
     out = tmp_path / "md"

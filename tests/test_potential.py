@@ -157,7 +157,7 @@ def test_symmetry_functions_equal_dscribe_acsf(cu_alloy, reps):
     n_rad = len(spec.radial)
     g2_cu_ni = [theirs[:, 1 + e * (1 + n_rad) : (e + 1) * (1 + n_rad)] for e in range(2)]  # drop each G1
     theirs = np.concatenate([*g2_cu_ni, theirs[:, 2 * (1 + n_rad) :]], 1)
-    m = BPNN(spec)
+    m = BPNN(spec, (15, 15), "tanh")
     ours = m.features(m.species_index(atoms.numbers), torch.tensor(atoms.positions), torch.tensor(atoms.cell.array),
                       m.pairs(atoms.positions, atoms.cell.array, atoms.pbc)).numpy()
     assert ours.shape == theirs.shape and np.abs(ours).max() > 0.1

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slhmc.protocol import PROTOCOL_VERSION, ProtocolError, build, parse
+from slhmc.protocol import PROTOCOL_VERSION, RESULT_TYPE, SCHEMA, ProtocolError, build, parse
 from slhmc.protocol.codec import pack
 
 
@@ -28,6 +28,18 @@ def md_task(n: int = 4, **over) -> dict:
         "model_version": 2,
         "model": b"\x00weights",
     }
+    fields.update(over)
+    return fields
+
+
+FIT = {"force_weight": 0.1, "validation_fraction": 0.1, "max_steps": 60, "patience": 3, "min_improvement": 0.005,
+       "seed": 7, "force_atoms": 16, "full_force_mb": 512.0}
+ARCHITECTURE = {"cutoff": 6.0, "angular_cutoff": 4.5, "hidden": [15, 15], "activation": "tanh"}
+
+
+def train_task(**over) -> dict:
+    fields = {"task_id": 3, "version": 1, "label_ids": np.arange(5), "warm_start": True, "model": None,
+              "fit": dict(FIT), "architecture": dict(ARCHITECTURE)}
     fields.update(over)
     return fields
 
@@ -76,12 +88,30 @@ def test_optional_fields_and_big_endian_input():
         (raw("md_task", **md_task(masses={"dtype": "<c16", "shape": [4], "data": bytes(64)})), "not allowed"),
         (raw("md_task", **md_task(masses={"dtype": "|O", "shape": [4], "data": bytes(32)})), "not allowed"),
         (raw("label_result", task_id=1, energy=float("inf"), forces=np.zeros((1, 3)), seconds=0.1), "finite"),
+        (raw("train_task", **{k: v for k, v in train_task().items() if k != "fit"}), "train_task.fit: missing"),
+        (raw("train_task", **train_task(architecture=None)), "architecture: missing"),
+        (raw("train_task", **train_task(fit={**FIT, "patiense": 3})), "unknown fields"),
+        (raw("train_task", **train_task(fit={k: v for k, v in FIT.items() if k != "patience"})), "patience: missing"),
+        (raw("train_task", **train_task(fit={**FIT, "max_steps": 6.5})), "max_steps: expected an integer"),
+        (raw("train_task", **train_task(architecture={**ARCHITECTURE, "hidden": [15, "x"]})), "integer"),
         (msgpack.packb({"v": 1, "type": "md_result", "positions": msgpack.ExtType(1, b"x")}), "extension"),
     ],
 )
 def test_malformed_messages_are_refused_with_a_reason(frame, reason):
     with pytest.raises(ProtocolError, match=reason):
         parse(frame)
+
+
+def test_train_task_carries_its_fit_settings_and_architecture():
+    msg = parse(build("train_task", **train_task()))
+    assert msg["fit"] == FIT and msg["architecture"] == ARCHITECTURE
+    with pytest.raises(ProtocolError, match="fit: missing"):  # the sender is held to it too
+        build("train_task", **{k: v for k, v in train_task().items() if k != "fit"})
+
+
+def test_the_schema_names_each_tasks_result():
+    tasks = {kind for kind in SCHEMA if kind.endswith("_task")}
+    assert set(RESULT_TYPE) == tasks and all(RESULT_TYPE[t] in SCHEMA for t in tasks)
 
 
 def test_forged_array_byte_count_is_refused():

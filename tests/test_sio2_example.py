@@ -18,8 +18,8 @@ from ase.io import read
 from ase.neighborlist import neighbor_list
 from ase.spacegroup import crystal
 
-from slhmc.clients.calculators import CalculatorConfigError, accepted_options, make_calculator
 from slhmc.clients.dft import DFTHandler
+from slhmc.clients.references import CalculatorConfigError, accepted_options, make_calculator
 from slhmc.config import ConfigError, check_inputs, load_config
 from slhmc.structure import StructureError, check_structure, structure_summary
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from ase.build import bulk
 
+from slhmc.config import PotentialConfig, TrainingConfig, trainer_settings
 from slhmc.potential.descriptors import DescriptorSpec, symmetry_functions, symmetry_functions_with_jacobian
 from slhmc.potential.network import BPNN
 from slhmc.potential.training import (
@@ -32,7 +33,12 @@ def emt_labels(n: int, seed: int) -> list[Label]:
 
 
 def new_model() -> BPNN:
-    return BPNN(DescriptorSpec.default([29], cutoff=4.5, n_radial=6), hidden=(10, 10))
+    return BPNN(DescriptorSpec.default([29], cutoff=4.5, n_radial=6), hidden=(10, 10), activation="tanh")
+
+
+def run_settings(seed: int, **training) -> FitSettings:
+    """A run's fit settings: the config's defaults, with ``training`` keys changed."""
+    return trainer_settings(PotentialConfig(), TrainingConfig(**training), seed)[0]
 
 
 @pytest.mark.parametrize("atoms", [
@@ -42,7 +48,7 @@ def new_model() -> BPNN:
 def test_analytic_jacobian_equals_autograd(atoms):
     atoms = atoms.repeat((2, 1, 1)) if len(atoms) > 1 else atoms
     atoms.rattle(0.1, seed=3)
-    model = BPNN(DescriptorSpec.default(sorted(set(atoms.numbers)), cutoff=5.0, angular_cutoff=4.0))
+    model = BPNN(DescriptorSpec.default(sorted(set(atoms.numbers)), cutoff=5.0, angular_cutoff=4.0), (15, 15), "tanh")
     species = model.species_index(atoms.numbers)
     i, j, shifts = model.pairs(atoms.positions, atoms.cell.array, atoms.pbc)
     pos, cell = torch.tensor(atoms.positions), torch.tensor(atoms.cell.array)
@@ -80,7 +86,7 @@ def test_split_never_moves_training_into_validation():
 def test_store_chunks_do_not_change_the_fit(monkeypatch):
     """Labels packed into several chunks fit to the same model as one batch."""
     labels = emt_labels(12, seed=6)
-    settings = FitSettings(max_steps=3, validation_fraction=0.2, seed=1)
+    settings = run_settings(1, max_steps=3, validation_fraction=0.2)
     one = new_model()
     fit(one, [featurize(one, lab) for lab in labels], settings, warm_start=False)
     import slhmc.potential.training as training
@@ -97,7 +103,7 @@ def test_store_chunks_do_not_change_the_fit(monkeypatch):
 
 def test_fit_learns_emt_and_is_reproducible():
     train_labels, test_labels = emt_labels(24, seed=2), emt_labels(8, seed=3)
-    settings = FitSettings(max_steps=15, validation_fraction=0.15, seed=5)
+    settings = run_settings(5, max_steps=15, validation_fraction=0.15)
 
     model = new_model()
     items = [featurize(model, lab) for lab in train_labels]
@@ -115,5 +121,5 @@ def test_fit_learns_emt_and_is_reproducible():
     assert again.evaluate(lab.numbers, lab.positions, lab.cell, lab.pbc).energy == pytest.approx(e1, abs=1e-9)
 
     # a warm start keeps what was learned: the validation loss cannot get worse
-    warm = fit(model, items, FitSettings(max_steps=1, validation_fraction=0.15, seed=5), warm_start=True)
+    warm = fit(model, items, run_settings(5, max_steps=1, validation_fraction=0.15), warm_start=True)
     assert warm["validation"]["force_rmse_mev_per_A"] <= metrics["validation"]["force_rmse_mev_per_A"] * 1.0001

@@ -12,10 +12,10 @@ import tempfile
 
 from ase.calculators.cp2k import CP2K
 
-from .calculators import require_executable
+from .factory import require_executable
 
 
 def cp2k_calculator(command: str = "cp2k_shell", directory: str | None = None, **kwargs) -> CP2K:
-    require_executable(command, "cp2k", "cp2k_shell",
-                       "install CP2K (run_scripts/install_dft_codes.sh or apt-get install cp2k cp2k-data)")
+    """ASE's CP2K calculator in its own scratch directory, after checking that ``command`` runs here."""
+    require_executable(command, "cp2k")
     return CP2K(command=command, directory=directory or tempfile.mkdtemp(prefix="slhmc-cp2k-"), **kwargs)

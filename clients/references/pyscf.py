@@ -18,13 +18,11 @@ import logging
 
 import numpy as np
 from ase import units
-from ase.calculators.calculator import Calculator, CalculatorError, all_changes
+from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
+
+from .errors import SCFNotConverged
 
 log = logging.getLogger(__name__)
-
-
-class SCFNotConverged(CalculatorError):
-    pass
 
 
 class PySCFCalculator(Calculator):
@@ -65,7 +63,7 @@ class PySCFCalculator(Calculator):
         spec = [(int(z), tuple(p)) for z, p in zip(atoms.numbers, atoms.positions, strict=True)]
         periodic = bool(atoms.pbc.all())
         if atoms.pbc.any() and not periodic:
-            raise CalculatorError("pyscf: use pbc all True (periodic cell) or all False (molecule)")
+            raise CalculatorSetupError("pyscf: use pbc all True (periodic cell) or all False (molecule)")
         if periodic:
             from pyscf.pbc import dft as pbc_dft
             from pyscf.pbc import gto as pbc_gto
@@ -109,7 +107,3 @@ class PySCFCalculator(Calculator):
         energy = float(energy_ha) * units.Hartree
         self.results = {"energy": energy, "free_energy": energy,
                         "forces": -np.asarray(grad) * units.Hartree / units.Bohr}
-
-
-def pyscf(**options) -> PySCFCalculator:
-    return PySCFCalculator(**options)

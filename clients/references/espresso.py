@@ -7,7 +7,7 @@ quantum-espresso-data). ``tprnfor`` is always on: the worker needs forces. Each 
 its own scratch directory, so several workers on one node never share files.
 
 The persistent alternative, which keeps pw.x and its wavefunctions alive between calls, is the
-``socket`` reference (slhmc.clients.socket_bridge) with ``code = "espresso"``.
+``socket`` reference (slhmc.clients.references.socket_bridge) with ``code = "espresso"``.
 """
 
 from __future__ import annotations
@@ -18,22 +18,22 @@ from pathlib import Path
 
 from ase.calculators.espresso import Espresso, EspressoProfile
 
-from .calculators import CalculatorConfigError, require_executable
+from .errors import OptionError
+from .factory import require_executable
 
 DEBIAN_PSEUDO_DIR = "/usr/share/espresso/pseudo"
 
 
 def check_espresso_inputs(command: str, pseudo_dir: str, pseudopotentials: dict | None) -> None:
     """Say what to fix before the first call: a missing executable or pseudopotential file."""
-    hint = "install Quantum ESPRESSO (run_scripts/install_dft_codes.sh or apt-get install quantum-espresso)"
-    require_executable(command, "espresso", "pw.x", hint)
+    require_executable(command, "espresso")
     if not pseudopotentials:
-        raise CalculatorConfigError(
+        raise OptionError(
             'espresso: reference.options.pseudopotentials is required, e.g. {Si = "Si.pz-vbc.UPF"}'
         )
     missing = [f for f in pseudopotentials.values() if not (Path(pseudo_dir) / f).is_file()]
     if missing:
-        raise CalculatorConfigError(
+        raise OptionError(
             f"espresso: pseudopotential file(s) {missing} not found in pseudo_dir {pseudo_dir!r}; "
             "set reference.options.pseudo_dir or install quantum-espresso-data"
         )

@@ -1,11 +1,10 @@
-"""The HMC chain: per-trial randomness, kinetic energy and the exact Metropolis test.
+"""Each trial's randomness: momenta and the Metropolis uniform from a stream keyed by (seed, trial).
 
 Units are ASE's: eV, Å, amu, and ASE time, so that momenta p = m v have K = sum p^2 / (2 m) in eV.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,19 +32,3 @@ def draw(seed: int, trial: int, masses: np.ndarray, temperature_K: float) -> Tri
     sigma = np.sqrt(masses * units.kB * temperature_K)[:, None]
     momenta = rng.standard_normal((len(masses), 3)) * sigma
     return TrialDraws(momenta, float(rng.random()))
-
-
-def kinetic_energy(momenta: np.ndarray, masses: np.ndarray) -> float:
-    return float(0.5 * np.sum(momenta**2 / masses[:, None]))
-
-
-def delta_h(k_old: float, e_old: float, k_new: float, e_new: float) -> float:
-    """The exact ΔH = [K(p') + E_ref(r')] - [K(p) + E_ref(r)] (eV)."""
-    return (k_new + e_new) - (k_old + e_old)
-
-
-def accept(delta_h_eV: float, temperature_K: float, uniform: float) -> bool:
-    """Metropolis: accept with probability min(1, exp(-ΔH / k_B T))."""
-    if delta_h_eV <= 0:
-        return True
-    return uniform < math.exp(-delta_h_eV / (units.kB * temperature_K))

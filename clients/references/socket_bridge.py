@@ -16,7 +16,7 @@ Options (``[reference.options]``):
 - ``code``: ``"espresso"`` writes a pw.x input from ``espresso`` options (the same keywords as
   the ``espresso`` reference) before starting the client; ``nosym`` is forced on, because pw.x
   in socket mode keeps the symmetry of the first geometry and gives wrong energies and forces
-  for displaced structures otherwise (FIELD-NOTES). Empty: the client needs no input file.
+  for displaced structures otherwise. Empty: the client needs no input file.
 - ``unixsocket``: the socket. A plain NAME is ``/tmp/ipi_NAME`` (what pw.x, CP2K and
   ``i-pi-py_driver -u -a NAME`` connect to); a full path (``/scratch/me/dft.sock``) is used as it
   is and ``{unixsocket}`` is that path (``i-pi-py_driver -u -S '' -a {unixsocket}``; pw.x and CP2K
@@ -38,8 +38,9 @@ Options (``[reference.options]``):
 
 Units: i-PI speaks Hartree and Bohr; energies are converted with ASE's constant
 (:data:`HARTREE_EV`, CODATA 2014: 27.211386024367243 eV), which differs from CP2K's own (used by
-``cp2k_shell``, i.e. the ``cp2k`` reference) by 7.9e-8 relative. The DFT worker refuses to serve a
-chain whose other reference path converts with a different constant (``slhmc.clients.dft``).
+``cp2k_shell``, i.e. the ``cp2k`` reference) by 7.9e-8 relative. Each code's record in the registry
+states its constant, and the DFT worker refuses to serve a chain whose other reference path converts
+with a different one.
 
 The client runs in its own process group with a parent-death signal (Linux): a SIGKILLed DFT
 worker takes its client with it instead of leaving it spinning under PID 1.
@@ -66,13 +67,14 @@ from pathlib import Path
 
 import numpy as np
 from ase import units
-from ase.calculators.calculator import Calculator, CalculatorError, all_changes
+from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.socketio import IPIProtocol
+
+from .errors import ClientError, OptionError
 
 log = logging.getLogger(__name__)
 
 HARTREE_EV = units.Ha  # what ASE's IPIProtocol multiplies by: CODATA 2014
-HARTREE_EV_SOURCE = "ASE's CODATA 2014 Hartree (27.211386024367243 eV)"
 IPI_PREFIX = "/tmp/ipi_"
 OUR_PREFIX = "slhmc-"
 CLIENT_EXIT_S = 5.0  # after EXIT, how long the client may take before it is killed
@@ -177,15 +179,15 @@ class SocketBridge(Calculator):
     ) -> None:
         super().__init__()
         if code not in ("", "espresso"):
-            raise CalculatorError(f"socket: code must be 'espresso' or empty, got {code!r}")
+            raise OptionError(f"socket: code must be 'espresso' or empty, got {code!r}")
         if unixsocket and port:
-            raise CalculatorError("socket: give unixsocket or port, not both")
+            raise OptionError("socket: give unixsocket or port, not both")
         try:
             loopback = ipaddress.ip_address(bind).is_loopback
         except ValueError:
-            raise CalculatorError(f"socket: bind must be an IP address, got {bind!r}") from None
+            raise OptionError(f"socket: bind must be an IP address, got {bind!r}") from None
         if not loopback and not bind_reason.strip():
-            raise CalculatorError(
+            raise OptionError(
                 f"socket: bind = {bind!r} listens beyond this machine, and the i-PI protocol has no "
                 "authentication (whoever connects first labels the chain); keep the default 127.0.0.1, or "
                 "give reference.options.bind_reason saying why a remote client is needed")
@@ -249,7 +251,7 @@ class SocketBridge(Calculator):
                 os.chmod(self.path, 0o600)
             except OSError as err:
                 sock.close()
-                raise CalculatorError(
+                raise ClientError(
                     f"socket: cannot listen on the unix socket {self.path}: {err.strerror or err}"
                     + ("; another worker or run uses this name: leave reference.options.unixsocket unset for a "
                        "unique one" if err.errno == 98 else "")) from None
@@ -260,7 +262,7 @@ class SocketBridge(Calculator):
                 sock.bind((self.bind, self.port))
             except OSError as err:
                 sock.close()
-                raise CalculatorError(
+                raise ClientError(
                     f"socket: cannot listen on port {self.port} ({self.bind}): {err.strerror or err}"
                     + ("; another DFT worker or run on this machine uses port "
                        f"{self.port}: give each its own port, or leave reference.options.port unset (a unix "
@@ -315,7 +317,7 @@ class SocketBridge(Calculator):
             self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=lambda: _child_setup(parent))
         except (FileNotFoundError, PermissionError) as err:
-            raise CalculatorError(f"socket: cannot start the client {command!r}: {err.strerror or err}") from None
+            raise ClientError(f"socket: cannot start the client {command!r}: {err.strerror or err}") from None
         finally:
             out.close()
         return self.proc
@@ -331,10 +333,10 @@ class SocketBridge(Calculator):
             except TimeoutError:
                 status = self.proc.poll()
                 if status is not None:
-                    raise CalculatorError(f"socket: the i-PI client exited with status {status} before connecting "
+                    raise ClientError(f"socket: the i-PI client exited with status {status} before connecting "
                                           f"to {self.where}; see {self.client_log}") from None
                 if deadline is not None and time.monotonic() > deadline:
-                    raise CalculatorError(f"socket: the i-PI client did not connect to {self.where} within "
+                    raise ClientError(f"socket: the i-PI client did not connect to {self.where} within "
                                           f"{self.timeout:g} s (reference.timeout); see {self.client_log}") from None
                 continue
             if self._peer_allowed(conn, peer):
@@ -370,13 +372,13 @@ class SocketBridge(Calculator):
             r = self._protocol.calculate(self.atoms.positions, self.atoms.cell.array)
         except TimeoutError:
             self._shutdown()
-            raise CalculatorError(f"socket: the i-PI client on {self.where} gave no answer within {self.timeout:g} s "
+            raise ClientError(f"socket: the i-PI client on {self.where} gave no answer within {self.timeout:g} s "
                                   f"(reference.timeout); see {self.client_log}") from None
         except (OSError, EOFError, AssertionError) as err:
             status = self.proc.poll() if self.proc is not None else None
             self._shutdown()
             exited = f", exit status {status}" if status is not None else ""
-            raise CalculatorError(f"socket: the i-PI client on {self.where} failed ({err or type(err).__name__}"
+            raise ClientError(f"socket: the i-PI client on {self.where} failed ({err or type(err).__name__}"
                                   f"{exited}); see {self.client_log}") from None
         self._cell = np.array(self.atoms.cell.array)
         self.results = {"energy": r["energy"], "free_energy": r["energy"], "forces": r["forces"].copy()}
