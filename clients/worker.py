@@ -167,6 +167,9 @@ def serve(
                 future, task_id, kind = pending.popleft()
                 try:
                     reply = future.result()
+                    # built here: a result the protocol refuses (e.g. non-finite positions of a
+                    # diverged trajectory) is the task's failure, not the worker's end
+                    payload = None if reply is None else build(reply[0], task_id=task_id, **reply[1])
                 except Exception as err:  # a failed task is reported, never hidden
                     if getattr(err, "logged", False):  # the reason is in this log already: no traceback per task
                         log.warning("%s %s failed: %s", kind, task_id, err)
@@ -177,9 +180,8 @@ def serve(
                              f"the failure of task {task_id}")
                         last_send = time.monotonic()
                     continue
-                if reply is not None:
-                    result_kind, fields = reply
-                    send(sock, build(result_kind, task_id=task_id, **fields), f"the result of task {task_id}")
+                if payload is not None:
+                    send(sock, payload, f"the result of task {task_id}")
                     last_send = time.monotonic()
             now = time.monotonic()
             if now - last_send >= heartbeat_s:

@@ -31,6 +31,9 @@ from slhmc.protocol import RESULT_TYPE, ROLES, ProtocolError, build, parse
 
 log = logging.getLogger(__name__)
 
+# a task is re-queued when its worker dies, up to this many times: a structure that kills every
+# worker that takes it must stop the run with an error, not cycle through restarted workers
+MAX_LOST_WORKERS = 5
 HANDSHAKE_REPORT_S = 30.0  # at most one line per this many seconds about refused handshakes
 
 
@@ -64,6 +67,7 @@ class Task:
     attempts: int = 0
     sent_at: float = 0.0
     timeout_s: float = 0.0  # 0: no limit on one attempt
+    lost: int = 0  # workers that died (went silent) while running it
 
 
 @dataclass
@@ -329,12 +333,21 @@ class Broker:
         if worker.identity in self.idle[worker.role]:
             self.idle[worker.role].remove(worker.identity)
         task = worker.task
+        out = events if events is not None else self._deferred
         if task is not None and task.task_id in self.tasks:
-            log.warning("re-queueing task %d (%s) of worker %s", task.task_id, task.kind, worker.worker_id)
             task.worker = None
-            self.queues[task.role].appendleft(task)
+            task.lost += 1
+            if task.lost > MAX_LOST_WORKERS:
+                log.error("task %d (%s): %d workers were lost running it; not re-queued", task.task_id, task.kind,
+                          task.lost)
+                self.tasks.pop(task.task_id)
+                out.append(Failed(task, f"{task.lost} workers running it were lost (the last: {worker.name})"))
+                task = None
+            else:
+                log.warning("re-queueing task %d (%s) of worker %s", task.task_id, task.kind, worker.worker_id)
+                self.queues[task.role].appendleft(task)
         worker.task = None
-        (events if events is not None else self._deferred).append(Lost(worker, task))
+        out.append(Lost(worker, task))
 
     def _heartbeat(self, events: list[Event]) -> None:
         now = time.monotonic()

@@ -100,7 +100,12 @@ class HMCServer:
         self.t_start = time.monotonic()
         self.initial_model: InitialModel | None = None
         if resume:
-            self._restore(self.files.checkpoint)
+            try:
+                self._restore(self.files.checkpoint)
+            except Exception:
+                self.broker.close("resume failed")
+                self.files.close()
+                raise
         elif config.initial_model_path is not None:
             self.initial_model = load_initial_model(config.initial_model_path, set(start.numbers.tolist()))
             for key, (ours, theirs) in potential_overrides(config, self.initial_model).items():
@@ -145,10 +150,14 @@ class HMCServer:
     def _restore(self, ckpt: dict) -> None:
         self.store.restore()
         if len(self.store) != ckpt["n_labels"]:
-            raise RunAborted(f"dataset has {len(self.store)} labels, checkpoint says {ckpt['n_labels']}")
+            raise RunAborted(f"cannot resume: {self.files.dir}/dataset.extxyz has {len(self.store)} labels, the "
+                             f"checkpoint says {ckpt['n_labels']}")
         self.chain = hmc.ChainState.from_checkpoint(ckpt)
         self.model_version = ckpt["model_version"]
-        self.model_bytes = self.files.model_path(self.model_version).read_bytes()
+        path = self.files.model_path(self.model_version)
+        if not path.exists():
+            raise RunAborted(f"cannot resume: the checkpoint's model {self.model_version} ({path}) is missing")
+        self.model_bytes = path.read_bytes()
         self.refits.labels_since_fit = ckpt["labels_since_fit"]
         if ckpt.get("pending_train") and self.chain.trial < self.cfg.hmc.trials:  # else no trial would use it
             self._request_fit(Refit(**ckpt["pending_train"]))

@@ -262,6 +262,13 @@ class RunFiles:
         self.checkpoint: dict | None = None
         if resume:
             self.checkpoint = json.loads((self.dir / CHECKPOINT).read_text())
+            for key, name in APPEND_FILES.items():  # a file shorter than the checkpoint says was damaged
+                path, offset = self.dir / name, self.checkpoint["offsets"][key]
+                size = path.stat().st_size if path.exists() else 0
+                if size < offset:
+                    self._lock.close()
+                    raise RunDirectoryError(f"cannot resume: {path} has {size} bytes, the checkpoint says at least "
+                                            f"{offset}; it was truncated or replaced after the run stopped")
             for key, name in APPEND_FILES.items():
                 path = self.dir / name
                 path.touch()

@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from slhmc.server.hmc import HMCServer
+    from slhmc.server.hmc import HMCServer, RunAborted
     from slhmc.server.outputs import RunDirectoryError
 
     if problem := _address_error("--bind", args.bind):
@@ -100,7 +100,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     try:
         setup = server_setup(args.keys, args.bind, zmq.Context.instance())
         server = HMCServer(cfg, args.out, bind=args.bind, resume=args.resume, progress=progress, socket_setup=setup)
-    except (RunDirectoryError, SecurityError) as err:
+    except (RunDirectoryError, SecurityError, RunAborted) as err:
         print(f"slhmc: {err}", file=sys.stderr)
         return 2
     except zmq.ZMQError as err:  # the bind: a port in use, an unknown interface

@@ -16,7 +16,7 @@ from slhmc.clients.dft import DFTHandler
 from slhmc.clients.references import make_calculator
 
 from .conftest import ROOT
-from .test_end_to_end import env
+from .runs import env
 
 pytest.importorskip("pyscf")
 

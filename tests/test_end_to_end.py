@@ -4,11 +4,9 @@ server and workers started by hand over loopback TCP, and a DFT worker killed mi
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,83 +17,15 @@ from ase.io import read
 
 from slhmc.potential import load_calculator
 
-from .conftest import ROOT, TESTS
-
-SLHMC = [sys.executable, "-m", "slhmc"]
-
-
-def write_config(tmp_path: Path, trials: int = 30, dft: int = 1, calculator: str = "emt",
-                 options: str = "", timeout: float = 10.0, **training) -> Path:
-    train = {"bootstrap": 8, "interval": 12, "max_steps": 8, **training}
-    text = f"""
-[system]
-structure = "{ROOT / 'examples/cu32_emt/cu32.xyz'}"
-temperature = 300.0
-[reference]
-calculator = "{calculator}"
-{options}
-[hmc]
-trials = {trials}
-md_steps = 5
-timestep = 2.0
-seed = 11
-[potential]
-cutoff = 4.5
-hidden = [10, 10]
-[training]
-{chr(10).join(f"{k} = {v}" for k, v in train.items())}
-[workers]
-dft = {dft}
-heartbeat = 0.5
-timeout = {timeout}
-"""
-    path = tmp_path / "config.toml"
-    path.write_text(text)
-    return path
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    e["PYTHONPATH"] = os.pathsep.join([str(TESTS), e.get("PYTHONPATH", "")])
-    return e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def read_trials(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
-
-
-def check_run(run: Path, trials: int, bootstrap: int) -> list[dict]:
-    """What every finished run must satisfy, whatever happened to its processes."""
-    records = read_trials(run)
-    assert [r["trial"] for r in records] == list(range(trials))  # each trial exactly once, in order
-    dataset = read(run / "dataset.extxyz", index=":")
-    chain_labels = [a for a in dataset if a.info["source"] != "speculative"]  # pre-fetched, then dropped
-    assert len(chain_labels) == 1 + bootstrap + trials
-    assert [a.info["label_id"] for a in dataset] == list(range(len(dataset)))
-    # the energies the chain used are EMT's, recomputed here independently
-    for r in records[:: max(1, trials // 6)]:
-        atoms = dataset[r["label_id"]].copy()
-        atoms.calc = EMT()
-        # extxyz stores positions to 1e-8 Å, so agreement is to ~1e-8 eV, not to the last bit
-        assert atoms.get_potential_energy() == pytest.approx(r["e_ref"], abs=1e-6)
-        assert r["delta_h"] == pytest.approx(r["k_new"] + r["e_ref"] - r["k_old"] - r["e_ref_old"], abs=1e-9)
-    # the chain state follows the accept/reject record
-    e_chain = None
-    for r in records:
-        if e_chain is not None:
-            assert r["e_ref_old"] == pytest.approx(e_chain)
-        e_chain = r["e_chain"]
-        assert e_chain == (r["e_ref"] if r["accepted"] else r["e_ref_old"])
-    ckpt = json.loads((run / "checkpoint.json").read_text())
-    assert ckpt["trial"] == trials and ckpt["n_labels"] == len(dataset)
-    assert (run / "models" / "model_0000.safetensors").exists()
-    return records
+from .runs import (
+    SLHMC,
+    check_run,
+    env,
+    free_port,
+    stop_all,
+    wait_for,
+    write_config,
+)
 
 
 def test_slhmc_run_all_in_one(tmp_path):
@@ -150,13 +80,6 @@ def start_by_hand(config: Path, run: Path, address: str, dft_names: list[str]) -
     return server, workers
 
 
-def stop_all(server: subprocess.Popen, workers: dict) -> None:
-    for proc in [server, *workers.values()]:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_server_and_workers_by_hand_over_tcp(tmp_path):
     config = write_config(tmp_path, trials=15)
     run = tmp_path / "run"
@@ -169,15 +92,6 @@ def test_server_and_workers_by_hand_over_tcp(tmp_path):
     finally:
         stop_all(server, workers)
     check_run(run, trials=15, bootstrap=8)
-
-
-def wait_for(path: Path, text: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} did not appear in {path} within {timeout_s} s")
 
 
 def test_killed_dft_worker_task_is_requeued_and_nothing_is_lost(tmp_path):

@@ -35,7 +35,7 @@ from slhmc import hmc
 from slhmc.statistics import estimate
 from slhmc.validation import plain_hmc
 
-from .test_end_to_end import env
+from .runs import env
 
 MORSE = {"epsilon": 1.0, "r0": 2.2, "rho0": 6.0}  # eV, Å; well depth 1 eV, curvature 15 eV/Å²
 T_DIMER = 1000.0  # K: kT = 0.086 eV, bond-length spread ~0.08 Å, dissociation ~never within a run

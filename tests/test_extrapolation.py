@@ -29,7 +29,7 @@ from slhmc.potential.descriptors import DescriptorSpec
 from slhmc.potential.network import BPNN
 from slhmc.potential.serialization import load_model, model_from_bytes, model_to_bytes, save_model
 
-from .test_end_to_end import env
+from .runs import env
 
 
 def cu32(a: float = 3.61):

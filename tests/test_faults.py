@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import zmq
 from ase.io import read
@@ -16,38 +15,22 @@ from slhmc.potential import load_calculator
 from slhmc.protocol import PROTOCOL_VERSION, build, parse
 from slhmc.protocol.codec import pack
 
-from .test_end_to_end import SLHMC, check_run, env, free_port, read_trials, stop_all, wait_for, write_config
-
-
-def start_worker(role: str, name: str, address: str, extra_env: dict | None = None,
-                 args: tuple = ()) -> subprocess.Popen:
-    return subprocess.Popen([*SLHMC, "worker", role, "--connect", address, "--name", name, "--timeout", "2", *args],
-                            env={**env(), **(extra_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def start_server(config, run, address: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([*SLHMC, "server", str(config), "--out", str(run), "--bind", address, "--no-progress",
-                             *args], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def start_workers(address: str, specs: list[tuple[str, str]], **kwargs) -> dict[str, subprocess.Popen]:
-    return {name: start_worker(role, name, address, **kwargs) for role, name in specs}
-
-
-def wait_for_success(server: subprocess.Popen, run) -> str:
-    """Wait for the server to finish its run with exit status 0; returns its log."""
-    _, err = server.communicate(timeout=600)
-    assert server.returncode == 0, err[-3000:]
-    return (run / "server.log").read_text()
-
-
-def wait_for_trials(run, n: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (run / "trials.jsonl").exists() and len(read_trials(run)) >= n:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {n} trials after {timeout_s} s")
+from .runs import (
+    SLHMC,
+    check_run,
+    env,
+    free_port,
+    read_trials,
+    start_server,
+    start_worker,
+    start_workers,
+    stop_all,
+    wait_for,
+    wait_for_success,
+    wait_for_trials,
+    without_timings,
+    write_config,
+)
 
 
 def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path):
@@ -76,11 +59,6 @@ def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path):
     assert versions == list(range(len(versions))) and len(versions) >= 3  # model 2 was fitted after all
     metrics = [json.loads(x) for x in (run / "models" / "metrics.jsonl").read_text().splitlines()]
     assert [m["version"] for m in metrics] == versions  # each version once, none lost or doubled
-
-
-def without_timings(records: list[dict]) -> list[dict]:
-    timing = {"wall_seconds", "mlmd_seconds", "dft_seconds"}
-    return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
 def test_killed_server_resumes_and_deterministic_chain_is_identical(tmp_path):

@@ -29,7 +29,7 @@ from slhmc.clients.references.socket_bridge import (
     remove_stale_sockets,
 )
 
-from .test_end_to_end import free_port
+from .runs import free_port
 
 BIN = Path(sys.executable).parent
 DRIVER = shutil.which("i-pi-py_driver", path=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))

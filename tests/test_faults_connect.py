@@ -9,8 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .test_end_to_end import SLHMC, env, free_port, write_config
-from .test_faults import start_server, wait_for_trials
+from .runs import SLHMC, env, free_port, start_server, wait_for_trials, write_config
 
 
 def worker(role: str, address: str, log: Path, *args: str) -> subprocess.Popen:

@@ -19,8 +19,7 @@ from ase.io import read, write
 from slhmc.config import ConfigError, check_inputs, load_config
 from slhmc.server.outputs import CONFIG_RECORD
 
-from .test_end_to_end import SLHMC, check_run, env, read_trials, write_config
-from .test_faults import without_timings
+from .runs import SLHMC, check_run, env, free_port, read_trials, without_timings, write_config
 
 
 def deterministic_config(tmp_path: Path, trials: int, name: str = "config.toml", **training) -> Path:
@@ -86,6 +85,26 @@ def test_resume_refuses_a_changed_chain_before_anything_starts(source_run, tmp_p
         assert "reference.options.asap_cutoff" in proc.stderr
         assert "hmc.trials" not in proc.stderr  # may change
     assert contents() == before  # no output and no worker log was touched: nothing started
+
+
+@pytest.mark.parametrize("damage", ["model file missing", "dataset truncated"])
+def test_resume_of_a_damaged_run_is_one_line_and_exit_2(source_run, tmp_path, damage):
+    """A run directory whose files disagree with its checkpoint: the server says which file, in one
+    line, exits 2, and leaves the directory (and the port) as it found them."""
+    run = tmp_path / "run"
+    shutil.copytree(source_run, run)
+    if damage == "model file missing":
+        (run / "models" / "model_0001.safetensors").unlink()
+    else:
+        frames = read(run / "dataset.extxyz", index=":")
+        write(run / "dataset.extxyz", frames[:-2])
+    config = deterministic_config(tmp_path, trials=9)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.run([*SLHMC, "server", str(config), "--out", str(run), "--resume", "--no-progress",
+                           "--bind", address], env=env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "cannot resume" in proc.stderr
+    assert ("model_0001.safetensors" if damage == "model file missing" else "dataset.extxyz") in proc.stderr
 
 
 def test_resume_with_more_trials_equals_an_uninterrupted_run(source_run, tmp_path):
@@ -216,8 +235,7 @@ def test_refit_in_progress_at_the_end_is_not_waited_for(tmp_path):
     import signal
     import time
 
-    from .test_end_to_end import free_port, stop_all
-    from .test_faults import start_server, start_workers, wait_for_success, wait_for_trials
+    from .runs import free_port, start_server, start_workers, stop_all, wait_for_success, wait_for_trials
 
     config = write_config(tmp_path, trials=6, bootstrap=4, interval=3, max_steps=6, timeout=2.0)
     run, address = tmp_path / "run", f"tcp://127.0.0.1:{free_port()}"

@@ -23,8 +23,7 @@ from slhmc.potential.serialization import save_model
 from slhmc.potential.training import featurize, fit
 from slhmc.spectra import gamma_frequencies_THz, peaks_THz, smooth, vacf_dos
 
-from .test_end_to_end import env
-from .test_training import emt_labels
+from .runs import emt_labels, env
 
 
 def nve_spectrum(atoms, calc, temperature_K: float, repeats: int, steps: int, dt_fs: float = 4.0) -> tuple:

@@ -11,8 +11,7 @@ from ase.io import read
 
 from slhmc.server.prefetch import trials_per_round
 
-from .test_end_to_end import SLHMC, env, read_trials, write_config
-from .test_faults import without_timings
+from .runs import SLHMC, env, read_trials, without_timings, write_config
 
 
 def strip_ids(records: list[dict]) -> list[dict]:
@@ -60,8 +59,17 @@ def test_dft_workers_joining_late_and_leaving_early(tmp_path):
     then one leaves cleanly (SIGTERM: it says bye) and one is SIGKILLed. Nothing is lost."""
     import signal
 
-    from .test_end_to_end import check_run, free_port, stop_all, wait_for
-    from .test_faults import start_server, start_worker, start_workers, wait_for_success, wait_for_trials
+    from .runs import (
+        check_run,
+        free_port,
+        start_server,
+        start_worker,
+        start_workers,
+        stop_all,
+        wait_for,
+        wait_for_success,
+        wait_for_trials,
+    )
 
     config = write_config(tmp_path, trials=40, calculator="slhmc.validation:delayed_emt",
                           options="[reference.options]\ndelay_s = 0.1", timeout=2.0)

@@ -24,7 +24,7 @@ from slhmc.config import ConfigError, check_inputs, load_config
 from slhmc.structure import StructureError, check_structure, structure_summary
 
 from .conftest import ROOT
-from .test_end_to_end import env
+from .runs import env
 
 EXAMPLE = ROOT / "examples/sio2_quartz"
 

@@ -16,7 +16,6 @@ from slhmc.potential.network import BPNN
 from slhmc.potential.training import (
     Batch,
     FitSettings,
-    Label,
     LabelStore,
     choose_force_atoms,
     errors,
@@ -25,11 +24,10 @@ from slhmc.potential.training import (
     predict,
     split,
 )
-from slhmc.validation import rattled_emt_labels
 
-
-def emt_labels(n: int, seed: int) -> list[Label]:
-    return rattled_emt_labels(n, seed, repeat=(2, 1, 1), rattle_A=0.07, strain=0.015)
+from .runs import (
+    emt_labels,
+)
 
 
 def new_model() -> BPNN:

@@ -74,3 +74,61 @@ def test_the_worker_reconnects_after_the_silence_the_welcome_heartbeat_sets(time
         assert hellos and 0.9 * HEARTBEATS_BEFORE_SILENCE * heartbeat_s <= hellos[0] < 8.0
     else:  # a --timeout given is kept
         assert not hellos
+
+
+class Diverging:
+    """An mlmd handler whose trajectory blew up (non-finite positions), then a sane one."""
+
+    role = "mlmd"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def configure(self, config: dict) -> None:
+        pass
+
+    def handle(self, message: dict) -> tuple[str, dict]:
+        import numpy as np
+
+        self.calls += 1
+        value = np.nan if self.calls == 1 else 0.0
+        fields = {"positions": np.full((1, 3), value), "momenta": np.zeros((1, 3)), "e_ml_start": 0.0,
+                  "e_ml_end": 0.0, "h_ml_drift": 0.0, "model_version": 0, "seconds": 0.0}
+        return "md_result", fields
+
+
+def test_a_result_the_protocol_refuses_is_reported_failed_and_the_worker_goes_on():
+    """A diverged trajectory (NaN positions) cannot be sent as a result: the worker answers
+    ``failed`` for that task, with the reason, and serves the next one (it used to die)."""
+    import numpy as np
+
+    server = zmq.Context.instance().socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(
+        serve(Diverging(), f"tcp://127.0.0.1:{port}", name="w")), daemon=True)
+    thread.start()
+    task = {"numbers": np.array([29], dtype=np.int64), "positions": np.zeros((1, 3)), "cell": np.eye(3) * 3.0,
+            "pbc": np.array([True, True, True]), "masses": np.array([63.5]), "momenta": np.zeros((1, 3)),
+            "steps": 1, "timestep_fs": 1.0, "model_version": 0}
+    try:
+        assert server.poll(10_000)
+        identity, frame = server.recv_multipart()
+        server.send_multipart([identity, build("welcome", worker_id="w-1", config={}, heartbeat_s=1.0)])
+        answers = []
+        for task_id in (1, 2):
+            server.send_multipart([identity, build("md_task", task_id=task_id, **task)])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(answers) < task_id:
+                if server.poll(100):
+                    msg = parse(server.recv_multipart()[1])
+                    if msg["type"] != "heartbeat":
+                        answers.append(msg)
+        assert [(m["type"], m["task_id"]) for m in answers] == [("failed", 1), ("md_result", 2)]
+        assert "md_result.positions: contains NaN" in answers[0]["error"]
+        server.send_multipart([identity, build("shutdown", reason="test over")])
+        thread.join(10)
+        assert result == [0]
+    finally:
+        server.close(0)
