@@ -80,6 +80,8 @@ class Completed:
 class Failed:
     task: Task
     error: str
+    reason: str = "failed"  # failed (the worker said so), timeout, lost (its workers kept dying)
+    worker: str | None = None  # name of the worker it failed on
 
 
 @dataclass
@@ -90,7 +92,7 @@ class Joined:
 @dataclass
 class Lost:
     worker: Worker
-    task: Task | None
+    task: Task | None  # the task it held, now re-queued (None: it held none, or it was failed)
 
 
 Event = Completed | Failed | Joined | Lost
@@ -307,7 +309,8 @@ class Broker:
             worker.task = None
             self.idle[worker.role].append(identity)
             self.tasks.pop(task.task_id)
-            events.append(Failed(task, msg["error"]) if kind == "failed" else Completed(task, msg))
+            events.append(Failed(task, msg["error"], "failed", worker.name) if kind == "failed"
+                          else Completed(task, msg))
             return
         self.dropped += 1
         log.warning("unexpected %s from %s", kind, worker.name)
@@ -332,7 +335,7 @@ class Broker:
         self.workers.pop(worker.identity, None)
         if worker.identity in self.idle[worker.role]:
             self.idle[worker.role].remove(worker.identity)
-        task = worker.task
+        task, requeued = worker.task, None
         out = events if events is not None else self._deferred
         if task is not None and task.task_id in self.tasks:
             task.worker = None
@@ -341,13 +344,14 @@ class Broker:
                 log.error("task %d (%s): %d workers were lost running it; not re-queued", task.task_id, task.kind,
                           task.lost)
                 self.tasks.pop(task.task_id)
-                out.append(Failed(task, f"{task.lost} workers running it were lost (the last: {worker.name})"))
-                task = None
+                out.append(Failed(task, f"{task.lost} workers running it were lost (the last: {worker.name})", "lost",
+                                  worker.name))
             else:
                 log.warning("re-queueing task %d (%s) of worker %s", task.task_id, task.kind, worker.worker_id)
                 self.queues[task.role].appendleft(task)
+                requeued = task
         worker.task = None
-        out.append(Lost(worker, task))
+        out.append(Lost(worker, requeued))
 
     def _heartbeat(self, events: list[Event]) -> None:
         now = time.monotonic()
@@ -358,7 +362,8 @@ class Broker:
                             worker.name, task.timeout_s)
                 worker.task, worker.stale_task_id = None, task.task_id
                 self.tasks.pop(task.task_id, None)
-                events.append(Failed(task, f"timed out after {task.timeout_s:.0f} s on {worker.name}"))
+                events.append(Failed(task, f"timed out after {task.timeout_s:.0f} s on {worker.name}", "timeout",
+                                     worker.name))
             if now - worker.last_seen > self.timeout_s:
                 log.warning("worker %s (%s) silent for %.1f s: declared dead", worker.worker_id,
                             worker.name, now - worker.last_seen)

@@ -361,6 +361,11 @@ class HMCServer:
             self._maybe_refit()
         self._checkpoint()
 
+    def _event(self, event: str, **fields: object) -> None:
+        """One line of events.jsonl: what happened to the workers, for people and tests to read."""
+        self.files.write_event({"event": event, "trial": self.chain.trial,
+                                "wall_seconds": round(time.monotonic() - self.t_start, 3), **fields})
+
     def _on_failed(self, task: Task, error: str) -> None:
         if isinstance(task.context, ProposalMD | ProposalLabel) and task.context.proposal.dead:
             log.warning("task %d for a dropped speculative trial failed (%s); not retried", task.task_id, error)
@@ -383,13 +388,19 @@ class HMCServer:
             match event:
                 case Completed(task=task, message=msg):
                     self._on_completed(task, msg)
-                case Failed(task=task, error=error):
+                case Failed(task=task, error=error, reason=reason, worker=name):
+                    self._event("task_failed", task_id=task.task_id, kind=task.kind, reason=reason, worker=name,
+                                attempt=task.attempts, error=error[:500])
                     self._on_failed(task, error)
                 case Joined(worker=worker):
+                    self._event("joined", worker=worker.name, worker_id=worker.worker_id, role=worker.role)
                     self._peer(worker)
                     if worker.role == "trainer":
                         self._send_labels(worker)
                 case Lost(worker=worker, task=task):
+                    self._event("lost", worker=worker.name, worker_id=worker.worker_id, role=worker.role,
+                                requeued_task=None if task is None else task.task_id,
+                                requeued_kind=None if task is None else task.kind)
                     self.peers.pop(worker.worker_id, None)
                     log.warning("lost worker %s (%s)%s", worker.worker_id, worker.name,
                                 f"; its task {task.task_id} is re-queued" if task else "")
@@ -418,6 +429,8 @@ class HMCServer:
                 pending = self.refits.in_flight
                 log.info("refit %d on %d labels abandoned: no trial is left to use it", pending.version,
                          len(pending.label_ids))
+            self._event("done", dropped_messages=self.broker.dropped,
+                        refused_handshakes=self.broker.refused_handshakes)
             log.info("done: %d trials, acceptance %.3f, %d labels, last model %d, %.1f s", self.chain.trial,
                      self.chain.accepted / max(self.chain.trial, 1), len(self.store), self.model_version,
                      time.monotonic() - self.t_start)

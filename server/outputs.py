@@ -35,6 +35,7 @@ from slhmc.rundir import (
     CHECKPOINT,
     CONFIG_RECORD,
     DATASET,
+    EVENTS,
     LOCK,
     METRICS,
     MODELS,
@@ -221,7 +222,7 @@ def set_aside_failed_start(run_dir: Path) -> Path:
         n += 1
     aside = run_dir / f"failed-start-{n}"
     aside.mkdir()
-    names = [*APPEND_FILES.values(), CONFIG_RECORD]  # server.log stays: it is open already
+    names = [*APPEND_FILES.values(), CONFIG_RECORD, EVENTS]  # server.log stays: it is open already
     for name in names:
         path = run_dir / name
         if path.exists():
@@ -274,6 +275,7 @@ class RunFiles:
                 path.touch()
                 os.truncate(path, self.checkpoint["offsets"][key])
         self._files = {key: open(self.dir / name, "a") for key, name in APPEND_FILES.items()}
+        self._events = open(self.dir / EVENTS, "a")  # not cut back on resume: what happened, happened
 
     def offsets(self) -> dict[str, int]:
         for f in self._files.values():
@@ -282,6 +284,10 @@ class RunFiles:
 
     def write_trial(self, record: dict) -> None:
         self._files["trials"].write(json.dumps(record) + "\n")
+
+    def write_event(self, record: dict) -> None:
+        self._events.write(json.dumps(record) + "\n")
+        self._events.flush()
 
     def write_chain(self, atoms: Atoms, energy: float, info: dict) -> None:
         frame = atoms.copy()
@@ -326,6 +332,7 @@ class RunFiles:
     def close(self) -> None:
         for f in self._files.values():
             f.close()
+        self._events.close()
         self._lock.close()
 
 

@@ -50,6 +50,9 @@ CONFIG_RECORD = "config.json"
 LOCK = ".slhmc.lock"
 SERVER_LOG = "server.log"
 WORKER_LOGS = "logs"
+# what happened to the workers, one JSON object a line: joined, lost (with the task re-queued),
+# task_failed (reason: failed, timeout, lost), done (counts of dropped messages and refused handshakes)
+EVENTS = "events.jsonl"
 
 # slhmc md directory
 MD_META = "md.json"
@@ -92,6 +95,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 def read_trials(run_dir: str | Path) -> list[dict]:
     """The finished trials of a run, in order (a half-written last line is ignored)."""
     return _read_jsonl(Path(run_dir) / TRIALS)
+
+
+def read_events(run_dir: str | Path) -> list[dict]:
+    """The server's worker events (see :data:`EVENTS`), in order, across resumes."""
+    return _read_jsonl(Path(run_dir) / EVENTS)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

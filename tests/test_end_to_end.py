@@ -16,6 +16,7 @@ from ase.calculators.emt import EMT
 from ase.io import read
 
 from slhmc.potential import load_calculator
+from slhmc.rundir import read_events
 
 from .runs import (
     SLHMC,
@@ -111,8 +112,8 @@ def test_killed_dft_worker_task_is_requeued_and_nothing_is_lost(tmp_path):
         workers["dft-a"].send_signal(signal.SIGKILL)
         _, err = server.communicate(timeout=600)
         assert server.returncode == 0, err[-3000:]
-        text = log.read_text()
-        assert "declared dead" in text and "re-queueing task" in text
+        lost = [e for e in read_events(run) if e["event"] == "lost"]
+        assert [e["worker"] for e in lost] == ["dft-a"] and lost[0]["requeued_kind"] == "label_task"
     finally:
         stop_all(server, workers)
     check_run(run, trials=8, bootstrap=8)
