@@ -8,7 +8,14 @@ import time
 import numpy as np
 from ase import Atoms
 
-from .references import ReferenceCalculationError, is_stateless, lookup, make_calculator, reference_energy
+from .references import (
+    ReferenceCalculationError,
+    SCFNotConverged,
+    is_stateless,
+    lookup,
+    make_calculator,
+    reference_energy,
+)
 from .references.energy import EnergyProperty, HartreePath
 
 log = logging.getLogger(__name__)
@@ -36,9 +43,11 @@ def check_same_units(local: dict, server: dict) -> str | None:
 class DFTHandler:
     role = "dft"
 
-    def __init__(self, local_reference: dict | None = None) -> None:
-        # a [reference] section from this machine's --config wins over the server's
+    def __init__(self, local_reference: dict | None = None, local_config_dir: str | None = None) -> None:
+        # a [reference] section from this machine's --config wins over the server's; a module:function
+        # factory is then also looked for in that file's folder (local_config_dir)
         self.local_reference = local_reference
+        self.local_config_dir = local_config_dir
         self.calc = None
         self.stateless = False
         self.energy_property: EnergyProperty = "free_energy"
@@ -46,6 +55,9 @@ class DFTHandler:
 
     def configure(self, config: dict) -> None:
         ref = self.local_reference or config["reference"]
+        # the folder of the config that names the calculator: this worker's --config, else the server's
+        # (found only where that path exists here too: the same machine, or a shared file system)
+        config_dir = self.local_config_dir if self.local_reference else config.get("base_dir")
         self.close()  # a new server: a persistent client of the old one is not reused
         server_ref = config.get("reference")
         mismatch = check_same_units(ref, server_ref) if self.local_reference and server_ref else None
@@ -54,7 +66,8 @@ class DFTHandler:
             log.error("refusing to label this chain: %s", mismatch)
             return
         try:
-            self.calc = make_calculator(ref["calculator"], ref.get("options") or {}, timeout=ref.get("timeout"))
+            self.calc = make_calculator(ref["calculator"], ref.get("options") or {}, timeout=ref.get("timeout"),
+                                        config_dir=config_dir)
         except Exception as err:  # reported with every task, so the server's log says what to fix
             self.config_error = f"{type(err).__name__}: {err}"
             log.error("cannot set up the reference calculator: %s", self.config_error)
@@ -92,6 +105,9 @@ class DFTHandler:
         forces = np.asarray(atoms.get_forces(), dtype=np.float64)
         energy = reference_energy(atoms, self.energy_property)
         seconds = time.perf_counter() - t0
+        if getattr(self.calc, "converged", None) is False:  # ASE's Vasp (and Turbomole) say so, and raise nothing
+            raise SCFNotConverged(f"{type(self.calc).__name__}: the SCF did not converge (raise the code's SCF "
+                                  "iteration limit, e.g. nelm for VASP, or loosen its convergence threshold)")
         if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
             raise ReferenceCalculationError(f"reference returned a non-finite energy ({energy}) or forces")
         return "label_result", {"energy": energy, "forces": forces, "seconds": seconds}

@@ -15,6 +15,11 @@ from slhmc.potential.training import FitSettings, Label, LabelStore, fit
 log = logging.getLogger(__name__)
 
 
+def _digits(x: float | None) -> str:
+    """Three significant digits for a log line ("n/a" without a validation set)."""
+    return "n/a" if x is None else f"{x:.3g}"
+
+
 class TrainerHandler:
     role = "trainer"
 
@@ -65,7 +70,7 @@ class TrainerHandler:
         metrics = fit(self.model, self.store, settings, warm_start=warm, label_ids=label_ids)
         metrics["warm_start"] = warm
         val = metrics["validation"]
-        log.info("model %d: %d labels, validation %s meV/atom, %s meV/Å, %.1f s", version, len(label_ids),
-                 val["energy_rmse_mev_per_atom"], val["force_rmse_mev_per_A"], metrics["seconds"])
+        log.info("model %d: %d labels, validation RMSE %s meV/atom, %s meV/Å, %.1f s", version, len(label_ids),
+                 _digits(val["energy_rmse_mev_per_atom"]), _digits(val["force_rmse_mev_per_A"]), metrics["seconds"])
         data = model_to_bytes(self.model, {"version": version, "metrics": metrics})
         return {"version": version, "model": data, "metrics": metrics}

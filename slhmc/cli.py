@@ -109,11 +109,51 @@ def cmd_server(args: argparse.Namespace) -> int:
         logging.getLogger("slhmc").error("cannot bind %s: %s%s", args.bind, err.strerror, hint)
         print(f"slhmc: cannot bind {args.bind}: {err.strerror}{hint}", file=sys.stderr)
         return 2
+    address = _write_address_file(args.address_file, server.broker.endpoint) if args.address_file else None
     try:
         return server.run()
     except KeyboardInterrupt:
         logging.getLogger("slhmc").warning("interrupted; the checkpoint holds the last finished trial")
         return 130
+    finally:
+        if address is not None:
+            _remove_address_file(args.address_file, address)
+
+
+def connect_address(endpoint: str) -> str:
+    """The address a worker on another machine connects to for a bound ``endpoint``: a wildcard
+    host (0.0.0.0, *, [::]) replaced by this host's name."""
+    import socket
+
+    for wildcard in ("0.0.0.0", "*", "[::]"):
+        endpoint = endpoint.replace(f"//{wildcard}:", f"//{socket.gethostname()}:")
+    return endpoint
+
+
+def _write_address_file(path: str, endpoint: str) -> str:
+    """``slhmc server --address-file``: written after the bind, atomically (a worker polling the file
+    never reads half an address). Returns what was written."""
+    import os
+
+    address = connect_address(endpoint)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(address + "\n")
+    os.replace(tmp, target)
+    logging.getLogger("slhmc").info("workers connect to %s (written to %s)", address, target)
+    return address
+
+
+def _remove_address_file(path: str, address: str) -> None:
+    """Remove the address file at exit, so that workers wait for the next server instead of calling a
+    gone one; left alone if another server has written its own address there since."""
+    target = Path(path)
+    try:
+        if target.read_text().strip() == address:
+            target.unlink()
+    except OSError:  # already gone
+        pass
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -127,13 +167,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     _logging(logging.INFO)
     _sigterm_as_interrupt()
-    local_reference = None
-    if args.config:
-        local_reference = _load(args.config).model_dump(mode="json")["reference"]
+    local_reference, local_dir = None, None
+    if args.config:  # only its [reference] is read: a file with that section alone will do
+        from .config import ConfigError, load_local_reference
+
+        try:
+            local = load_local_reference(args.config)
+        except ConfigError as err:
+            print(f"slhmc: {err}", file=sys.stderr)
+            return 2
+        local_reference, local_dir = local.reference.model_dump(mode="json"), local.base_dir
     if args.role == "dft":
         from slhmc.clients.dft import DFTHandler
 
-        handler = DFTHandler(local_reference)
+        handler = DFTHandler(local_reference, local_dir)
     elif args.role == "mlmd":
         from slhmc.clients.mlmd import MLMDHandler
 
@@ -161,8 +208,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
+    from .analysis.compare import CompareError, compare, load_source
 
-    return analyze(args.dir)
+    path = Path(args.dir)
+    if not path.is_dir():
+        what = "is not a directory (a trajectory file goes after --compare)" if path.exists() else "no such directory"
+        print(f"slhmc: analyze {args.dir}: {what}", file=sys.stderr)
+        return 2
+    try:  # a missing or unreadable OTHER is reported before the analysis runs
+        others = [load_source(other) for other in args.compare]
+    except CompareError as err:
+        print(f"slhmc: --compare: {err}", file=sys.stderr)
+        return 2
+    status = analyze(path)
+    if status or not others:
+        return status
+    try:
+        print("\n".join(compare(path, others)["report"]))
+    except CompareError as err:
+        print(f"slhmc: --compare: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_md(args: argparse.Namespace) -> int:
@@ -236,10 +302,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_codes(args: argparse.Namespace) -> int:
     from slhmc.clients.references import CODES, code_status
+    from slhmc.clients.references.status import install_hint
 
+    missing = []
     for name in CODES:
         ok, detail = code_status(name)
         print(f"{name:<9} {'usable' if ok else 'missing':<8} {detail}")
+        if not ok:
+            missing.append(name)
+    if hint := install_hint(missing):
+        print(f"\n{hint}")
     return 0
 
 
@@ -258,11 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = sub.add_parser("server", help="the HMC server alone; workers connect to --bind")
     server.add_argument("config")
-    server.add_argument("--out", required=True)
+    server.add_argument("--out", required=True, help="run directory: trials, chain, dataset, models, checkpoint and "
+                        "logs go here (created if missing; one that holds a run needs --resume)")
     server.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ address to bind (default {DEFAULT_BIND})")
-    server.add_argument("--resume", action="store_true")
+    server.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (settings "
+                        "that change what the chain means must stay as in its config.json)")
     server.add_argument("--keys", default=None, help="CurveZMQ key directory (slhmc keys); required off loopback")
-    server.add_argument("--no-progress", action="store_true")
+    server.add_argument("--address-file", default=None, metavar="FILE",
+                        help="once the bind has succeeded, write the address workers pass to --connect into FILE "
+                        "(a wildcard host replaced by this host's name); removed when the server exits")
+    server.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     server.set_defaults(func=cmd_server)
 
     worker = sub.add_parser("worker", help="one worker process")
@@ -270,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker.add_argument("role", choices=ROLES)
     worker.add_argument("--connect", required=True, help="the server's address, e.g. tcp://host:5555")
-    worker.add_argument("--config", default=None, help="local config: its [reference] wins over the server's")
+    worker.add_argument("--config", default=None, help="local config (dft): its [reference] wins over the server's; "
+                        "a file with only [reference] will do")
     worker.add_argument("--name", default=None)
     worker.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     worker.add_argument("--device", default="auto", help="torch device of mlmd/trainer: auto (GPU if any), cpu, cuda")
@@ -283,28 +361,38 @@ def build_parser() -> argparse.ArgumentParser:
                         help="s without any server before giving up (default 0: keep trying for ever)")
     worker.set_defaults(func=cmd_worker)
 
-    analyze = sub.add_parser("analyze", help="acceptance, energies and model errors of a run")
-    analyze.add_argument("dir")
+    analyze = sub.add_parser("analyze", help="acceptance, energies and model errors of a run; phonon DOS of an md "
+                             "directory; --compare: g(r) and E_pot against other runs or trajectories (e.g. AIMD)")
+    analyze.add_argument("dir", help="a run directory (slhmc run/server --out) or an slhmc md --out directory")
+    analyze.add_argument("--compare", nargs="+", metavar="OTHER", default=[],
+                         help="overlay g(r) per element pair and the E_pot distribution of DIR and each OTHER (a run "
+                         "or md directory, or any trajectory ase.io reads; FILE@200: skips its first 200 frames), "
+                         "with error bands from block averages; writes compare_rdf.png, compare_epot.png and "
+                         "compare.json into DIR and prints the largest difference in units of its error")
     analyze.set_defaults(func=cmd_analyze)
     md = sub.add_parser("md", help="production ML-MD with a trained potential (phonon DOS with slhmc analyze)")
     md.add_argument("model", help="a run directory (its newest model) or a model file")
     md.add_argument("--structure", required=True, help="start structure, any format ase.io.read reads")
-    md.add_argument("--temperature", type=float, required=True, help="K")
-    md.add_argument("--steps", type=int, required=True, help="production steps per repeat")
-    md.add_argument("--timestep", type=float, default=2.0, help="fs (default 2)")
+    md.add_argument("--temperature", type=float, required=True, help="target temperature, K")
+    md.add_argument("--steps", type=int, required=True, help="production MD steps per repeat")
+    md.add_argument("--timestep", type=float, default=2.0, help="fs (default %(default)s)")
     md.add_argument("--ensemble", choices=["nve", "nvt"], default="nve",
-                    help="production ensemble after Langevin equilibration (default nve: undisturbed dynamics)")
-    md.add_argument("--repeats", type=int, default=1, help="independent repeats, each with its own seed")
-    md.add_argument("--equilibrate", type=int, default=1000, help="Langevin steps before production")
-    md.add_argument("--stride", type=int, default=5, help="write a frame every N steps")
-    md.add_argument("--seed", type=int, default=0)
-    md.add_argument("--out", required=True)
-    md.add_argument("--threads", type=int, default=1)
+                    help="production ensemble after Langevin equilibration (default %(default)s: nve is the "
+                    "undisturbed dynamics a spectrum needs)")
+    md.add_argument("--repeats", type=int, default=1,
+                    help="independent repeats, each with its own seed (default %(default)s)")
+    md.add_argument("--equilibrate", type=int, default=1000,
+                    help="Langevin steps before production (default %(default)s)")
+    md.add_argument("--stride", type=int, default=5, help="write a frame every N steps (default %(default)s)")
+    md.add_argument("--seed", type=int, default=0,
+                    help="random seed; repeat K draws from (SEED, K) (default %(default)s)")
+    md.add_argument("--out", required=True, help="output directory (one that holds an MD run is refused)")
+    md.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     md.add_argument("--device", default=None, help="cpu, cuda (default: GPU if torch has one)")
     md.add_argument("--on-extrapolation", choices=["warn", "stop"], default="warn",
-                    help="when an atom leaves the network's training range: warn (log it, keep going; default) or "
-                         f"stop that repeat there (exit status {EXIT_EXTRAPOLATION_STOP} at the end)")
-    md.add_argument("--no-progress", action="store_true")
+                    help="when an atom leaves the network's training range: warn (log it, keep going) or stop that "
+                         f"repeat there (exit status {EXIT_EXTRAPOLATION_STOP} at the end) (default %(default)s)")
+    md.add_argument("--no-progress", action="store_true", help="no progress bar")
     md.set_defaults(func=cmd_md)
 
     train = sub.add_parser("train", help="fit a network on labelled frames (e.g. a run's dataset.extxyz)")

@@ -1,11 +1,13 @@
 """The run configuration (TOML), validated before any process starts.
 
 Section and key names are a stable interface (docs/design.md, "Interfaces"). Unknown keys are errors, so a
-typo is reported with its name instead of being silently ignored.
+typo is reported with its name (and the closest allowed name of its section) instead of being
+silently ignored.
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
@@ -167,6 +169,25 @@ class Config(_Section):
         return [Path(self.base_dir) / p for p in self.training.initial_dataset]
 
 
+class LocalReferenceConfig(_Section):
+    """A DFT worker's own ``--config`` (``slhmc worker dft --config FILE``): only its ``[reference]``
+    is read, and it may be the only section (a cluster's code command, pseudopotential folder). The
+    other sections of a run config may be there too (``slhmc run`` passes its own config), are
+    validated as in :class:`Config` so that a typo is still an error naming the key, and are not
+    used: the run's settings are the server's. ``[system]`` is optional, its structure file not read.
+    """
+
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    system: SystemConfig | None = None
+    hmc: HMCConfig = Field(default_factory=HMCConfig)
+    potential: PotentialConfig = Field(default_factory=PotentialConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    base_dir: str = "."  # directory of the config file: a module:function factory is also looked for there
+    _source: str = "<dict>"
+
+
 def trainer_settings(potential: PotentialConfig, training: TrainingConfig,
                      seed: int) -> tuple[FitSettings, Architecture]:
     """The fit settings and a new model's architecture that ``[potential]`` and ``[training]`` ask
@@ -200,11 +221,47 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the keys."""
 
 
-def describe_errors(err: ValidationError, source: str) -> str:
+def _section_keys(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The key names allowed where ``loc`` (section, ..., key) points: the fields of the section
+    that holds the key; None below a free-form table (reference.options)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return [name for name in model.model_fields if name != "base_dir"]  # base_dir is set by the loader
+
+
+def _did_you_mean(model: type[BaseModel], loc: tuple) -> str:
+    """For an unknown key: the closest allowed name in its section (difflib), or the section where
+    a key of exactly that name belongs; "" when neither exists."""
+    allowed = _section_keys(model, loc)
+    if not loc or allowed is None:
+        return ""
+    key = str(loc[-1])
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean `{close[0]}`?"
+    if len(loc) == 2:  # a known key in the wrong section
+        homes = [name for name, f in model.model_fields.items() if isinstance(f.annotation, type)
+                 and issubclass(f.annotation, BaseModel) and key in f.annotation.model_fields]
+        if homes:
+            return f"; `{key}` belongs in [{homes[0]}]"
+    return ""
+
+
+def describe_errors(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line per error, ``section.key: message``; an unknown key gets the closest allowed name
+    of its section (``model``, default :class:`Config`: the schema the data was validated against)."""
+    model = model or Config
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {key}: {e['msg']}")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key{_did_you_mean(model, e['loc'])}")
+        else:
+            lines.append(f"  {key}: {e['msg']}")
     return "\n".join(lines)
 
 
@@ -233,14 +290,42 @@ def load_config(path: str | Path) -> Config:
     return from_dict(read_toml(path), str(path), path.resolve().parent)
 
 
+def load_local_reference(path: str | Path) -> LocalReferenceConfig:
+    """A DFT worker's ``--config``: its ``[reference]`` validated (the only section it needs), and
+    the checks of that section that need no structure (:func:`check_reference`). Errors are
+    ConfigErrors that name the file and the key."""
+    path = Path(path)
+    try:
+        cfg = LocalReferenceConfig.model_validate({**read_toml(path), "base_dir": str(path.resolve().parent)})
+    except ValidationError as err:
+        raise ConfigError(describe_errors(err, str(path), LocalReferenceConfig)) from None
+    cfg._source = str(path)
+    check_reference(cfg.reference, cfg.base_dir, str(path))
+    return cfg
+
+
+def check_reference(reference: ReferenceConfig, base_dir: str | Path, source: str, here: bool = False) -> None:
+    """``[reference]``: the calculator name's form, and its option names wherever they can be known
+    (``here``: the DFT workers run on this machine, so a ``module:function`` factory is imported, from
+    PYTHONPATH or ``base_dir``, the config's folder: the rule of
+    slhmc.clients.references.add_config_dir, the same as on the DFT worker)."""
+    from slhmc.clients.references import CalculatorConfigError, check_config
+
+    try:
+        check_config(reference.calculator, reference.options, here=here, config_dir=base_dir)
+    except CalculatorConfigError as err:
+        raise ConfigError(f"invalid config {source}:\n  {err}") from None
+
+
 def check_inputs(cfg: Config, local_reference: bool = False) -> None:
     """Checks that need the file system: the start structure (readable, no overlapping atoms), the
     calculator name and its option names.
 
     ``local_reference``: the DFT workers run on this machine (``slhmc run``), so a
-    ``module:function`` factory must be importable here too. Elsewhere the option names of the
-    built-ins that import in milliseconds are checked where installed; the DFT worker checks the
-    same names again with the same function (slhmc.clients.references.check_options).
+    ``module:function`` factory must be importable here too (from PYTHONPATH or the config file's
+    folder, as on the DFT worker). Elsewhere the option names of the built-ins that import in
+    milliseconds are checked where installed; the DFT worker checks the same names again with the
+    same function (slhmc.clients.references.check_options).
     """
     from ase.io import read
 
@@ -258,12 +343,8 @@ def check_inputs(cfg: Config, local_reference: bool = False) -> None:
         check_structure(start)
     except StructureError as err:
         raise ConfigError(f"{where} system.structure: {path}: {err}") from None
-    from slhmc.clients.references import CalculatorConfigError, check_config
-
-    try:  # the form everywhere; that the factory imports, only where the DFT workers run here
-        check_config(cfg.reference.calculator, cfg.reference.options, here=local_reference)
-    except CalculatorConfigError as err:
-        raise ConfigError(f"{where} {err}") from None
+    # the form everywhere; that the factory imports (PYTHONPATH or next to the config), only where DFT workers run here
+    check_reference(cfg.reference, cfg.base_dir, cfg._source, here=local_reference)
     from slhmc.initial import check_initial_inputs
 
     check_initial_inputs(cfg)  # potential.initial_model, training.initial_dataset

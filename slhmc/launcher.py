@@ -50,7 +50,7 @@ def check_reference(config: Config) -> str | None:
     if ref.calculator in _NOT_BUILT_HERE:
         return None
     try:
-        calc = make_calculator(ref.calculator, dict(ref.options))
+        calc = make_calculator(ref.calculator, dict(ref.options), config_dir=config.base_dir)
     except Exception as err:
         return f"{type(err).__name__}: {err}"
     if hasattr(calc, "close"):
@@ -61,8 +61,12 @@ def check_reference(config: Config) -> str | None:
     return None
 
 
-def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str | None, progress: bool) -> int:
-    """Run server and workers to the end; the server's exit status (2: refused or stopped)."""
+def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str | None, progress: bool,
+            console: bool = True) -> int:
+    """Run server and workers to the end; the server's exit status (2: refused or stopped).
+
+    ``console``: the server writes to this terminal; False sends what it prints to DIR/logs/server.out
+    (its log is in DIR/server.log either way)."""
     from slhmc.server.outputs import RunDirectoryError, check_run_dir
 
     out_dir = Path(out)
@@ -88,7 +92,11 @@ def run_all(config: Config, config_path: str, out: str, resume: bool, bind: str 
         server_cmd.append("--resume")
     if not progress:
         server_cmd.append("--no-progress")
-    server = subprocess.Popen(server_cmd, env=env)
+    if console:
+        server = subprocess.Popen(server_cmd, env=env)
+    else:
+        with open(logs / "server.out", "a") as server_out:
+            server = subprocess.Popen(server_cmd, env=env, stdout=server_out, stderr=subprocess.STDOUT)
     # one worker of each role, and workers.dft of the DFT role
     slots = [(role, k) for role in ROLES for k in range(config.workers.dft if role == "dft" else 1)]
     workers: dict[tuple[str, int], subprocess.Popen] = {}

@@ -2,7 +2,9 @@
 
 Each repeat equilibrates with Langevin at the target temperature (its own seed), then runs the
 production ensemble: ``nve`` (velocity Verlet: the right dynamics for vibrational spectra) or
-``nvt`` (Langevin). Every ``stride`` steps the frame (positions and momenta) goes to
+``nvt`` (Langevin). The centre of mass is at rest from the start and kept there (ASE's ``FixCom``
+constraint, unless the structure brings constraints of its own), so the temperature written
+counts 3N − 3 degrees of freedom. Every ``stride`` steps the frame (positions and momenta) goes to
 ``repeat_K/trajectory.extxyz`` and the energies to ``repeat_K/energies.csv``; ``md.json`` says
 what was run, so that ``slhmc analyze DIR`` knows it is an MD directory.
 
@@ -30,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
+from ase.constraints import FixCom
+from ase.data import chemical_symbols
 from ase.io import read, write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
@@ -133,6 +137,16 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def _read_start(structure: str | Path) -> Atoms:
+    """The start structure, or an error that names the file (FileNotFoundError, ValueError)."""
+    if not Path(structure).is_file():
+        raise FileNotFoundError(f"structure {structure} does not exist")
+    try:
+        return read(structure)
+    except Exception as err:  # ase.io.read raises whatever its format's reader raises
+        raise ValueError(f"ase.io.read cannot read structure {structure}: {err}") from None
+
+
 def run_md(
     model: str,
     structure: str,
@@ -156,17 +170,30 @@ def run_md(
         raise ValueError(f"ensemble must be nve or nvt, got {ensemble!r}")
     if on_extrapolation not in ON_EXTRAPOLATION:
         raise ValueError(f"on_extrapolation must be one of {ON_EXTRAPOLATION}, got {on_extrapolation!r}")
+    for name, value, least in (("steps", steps, 0), ("repeats", repeats, 1), ("equilibrate", equilibrate, 0),
+                               ("stride", stride, 1)):
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+    if not (temperature_K > 0 and timestep_fs > 0):
+        raise ValueError(f"temperature ({temperature_K} K) and timestep ({timestep_fs} fs) must be positive")
     out_dir = Path(out)
     if (out_dir / MD_META).exists():
         raise FileExistsError(f"{out_dir} already holds an MD run; choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # every input is read before the output folder is made: a wrong path leaves no empty folder behind
+    start = _read_start(structure)
+    if not Path(model).exists():
+        raise FileNotFoundError(f"model {model} does not exist (a run directory or a model file)")
     calc = load_calculator(model, device=device)
+    elements = {int(z) for z in calc.model.spec.elements}
+    if missing := sorted(set(start.get_chemical_symbols()) - {chemical_symbols[z] for z in elements}):
+        raise ValueError(f"structure {structure} has {', '.join(missing)}, which the model {model} has no network "
+                         f"for (its elements: {', '.join(chemical_symbols[z] for z in sorted(elements))})")
+    out_dir.mkdir(parents=True, exist_ok=True)
     calc.warn_extrapolation = False  # reported below, with the MD step
     checked = calc.checks_extrapolation
     if not checked:
         log.warning("the model has no recorded training feature range: extrapolation is not checked%s",
                     " (--on-extrapolation stop has no effect)" if on_extrapolation == "stop" else "")
-    start = read(structure)
     meta = {"kind": "md", "model": str(model), "model_version": calc.info.get("version"), "structure": str(structure),
             "temperature_K": temperature_K, "steps": steps, "timestep_fs": timestep_fs, "ensemble": ensemble,
             "repeats": repeats, "equilibrate": equilibrate, "stride": stride, "seed": seed,
@@ -179,6 +206,10 @@ def run_md(
         atoms = start.copy()
         atoms.calc = calc
         calc.reset_extrapolation_counter()
+        if not atoms.constraints:
+            # the centre of mass stays at rest through the thermostat's random kicks (ASE's replacement
+            # for Langevin(fixcm=True)); the temperature then counts 3N - 3 degrees of freedom
+            atoms.set_constraint(FixCom())
         thermalize_momenta(atoms, temperature_K, rng=rng)
         Stationary(atoms)  # no centre-of-mass drift
         dt = timestep_fs * units.fs

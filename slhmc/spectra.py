@@ -4,6 +4,11 @@ The VACF DOS is the power spectrum of the mass-weighted velocities (Wiener–Khi
 g(ν) ∝ Σ_i m_i |∫ v_i(t) e^{-2πiνt} w(t) dt|², with a Hann window w against leakage; per element
 by summing over that element's atoms only. Each curve is normalised to unit area over ν (1/THz).
 In the harmonic limit it equals the phonon DOS; anharmonicity shifts and broadens its peaks.
+
+The centre-of-mass velocity is removed from every frame first: a uniform drift (what a
+thermostat's random kicks leave behind) is no vibration, and would put a spike of weight 1/N at
+ν = 0. The spectrum of a run of length T = n·dt is sampled every 1/T: that is its frequency
+resolution, and no smoothing applied afterwards makes it finer.
 """
 
 from __future__ import annotations
@@ -16,9 +21,18 @@ THZ_PER_INVERSE_FS = 1e3  # frames dt_fs apart: FFT frequencies in 1/fs
 EV_PER_THZ = units._hplanck * 1e12 / units._e  # h·ν: 1 THz = 4.136 meV
 
 
+def remove_com_velocity(velocities: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """Velocities (frames, atoms, 3) minus each frame's mass-weighted centre-of-mass velocity."""
+    com = np.einsum("fac,a->fc", velocities, masses) / masses.sum()
+    return velocities - com[:, None, :]
+
+
 def vacf_dos(velocities: np.ndarray, masses: np.ndarray, numbers: np.ndarray, dt_fs: float) -> dict:
-    """DOS from velocities (frames, atoms, 3): {"nu_THz", "total", per-element symbols}."""
+    """DOS from velocities (frames, atoms, 3; any unit) of frames ``dt_fs`` fs apart, centre-of-mass
+    motion removed: {"nu_THz", "total", per-element symbols}, curves in 1/THz on the grid
+    0, 1/T, 2/T, ... (THz) with T = n·dt the length of the run."""
     n = velocities.shape[0]
+    velocities = remove_com_velocity(velocities, masses)
     window = np.hanning(n)[:, None, None]
     spectrum = np.abs(np.fft.rfft(velocities * window, axis=0)) ** 2  # (freq, atoms, 3)
     per_atom = spectrum.sum(axis=2) * masses[None, :]
@@ -35,7 +49,8 @@ def _normalise(g: np.ndarray, nu: np.ndarray) -> np.ndarray:
 
 
 def smooth(g: np.ndarray, nu: np.ndarray, width_THz: float) -> np.ndarray:
-    """Gaussian smoothing of a spectrum sampled on the uniform grid ``nu``."""
+    """Gaussian smoothing (standard deviation ``width_THz``) of a spectrum sampled on the uniform
+    grid ``nu`` (THz); a grid spacing of more than 4 widths leaves it unchanged."""
     step = nu[1] - nu[0]
     half = int(4 * width_THz / step)
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * step / width_THz) ** 2)

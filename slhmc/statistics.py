@@ -61,3 +61,13 @@ def estimate(x: np.ndarray) -> Estimate:
     tau = autocorrelation_time(x)
     var = float(np.var(x, ddof=1)) if len(x) > 1 else 0.0
     return Estimate(float(np.mean(x)), math.sqrt(var * tau / max(len(x), 1)), tau, len(x))
+
+
+def mean_and_error(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error along axis 0 of ``samples`` (n, ...): every column is one correlated
+    series (one bin of a per-frame histogram, say), with its own τ from :func:`autocorrelation_time`
+    (Sokal's window or block averages, whichever is larger). Units: those of ``samples``."""
+    x = np.asarray(samples, dtype=np.float64)
+    flat = x.reshape(len(x), -1)
+    error = np.array([estimate(column).error for column in flat.T]) if len(x) > 1 else np.zeros(flat.shape[1])
+    return flat.mean(axis=0).reshape(x.shape[1:]), error.reshape(x.shape[1:])

@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from ase import units
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from ase.io import write
+from ase.io import read, write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
@@ -89,4 +90,17 @@ def test_slhmc_md_and_its_analysis(tmp_path):
     data = np.loadtxt(out / "dos.txt")
     assert data.shape[1] == 4  # nu, meV, total, Cu
     assert abs(np.trapezoid(data[:, 2], data[:, 0]) - 1.0) < 0.05
-    assert (out / "dos.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("dos.png", "rdf.png", "msd.png"):  # what README promises for an md directory
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+    # the centre of mass is at rest (thermalisation, FixCom) and the VACF removes what is left: without
+    # both, a drift of weight ~1/N sits at 0 THz (for these 8 atoms it was the highest point of the DOS)
+    assert data[0, 0] == 0.0 and data[0, 2] < 0.05 * data[:, 2].max()
+    frames = read(out / "repeat_0" / "trajectory.extxyz", index=":")
+    # total momentum in ASE units, where one atom's components are ~0.8
+    assert max(np.abs(a.get_momenta().sum(axis=0)).max() for a in frames) < 1e-6
+    row = (out / "repeat_0" / "energies.csv").read_text().splitlines()[-1].split(",")
+    assert float(row[5]) == pytest.approx(2 * float(row[3]) / ((3 * 8 - 3) * units.kB))  # T over 3N - 3 dof
+    # the frequency grid is what the run length allows (1/T, T = 101 frames × 4 fs), and dos.txt says so
+    assert summary["dos_resolution_THz"] == pytest.approx(1e3 / (101 * 4.0))
+    assert summary["dos_smoothing_THz"] is None and "frequency resolution 1/T = 2.48 THz" in \
+        (out / "dos.txt").read_text().splitlines()[0]

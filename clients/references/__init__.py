@@ -2,9 +2,9 @@
 
 ``[reference] calculator`` names a code of the registry (:data:`CODES`, one
 :class:`ReferenceCode` record per code) or ``"package.module:function"``, a factory importable
-from PYTHONPATH that is called with ``[reference.options]`` as keyword arguments and returns an
-ASE calculator. Option names are checked before any process starts and again on the DFT worker,
-with the same function (:func:`check_options`).
+from PYTHONPATH or from the config file's folder that is called with ``[reference.options]`` as
+keyword arguments and returns an ASE calculator. Option names are checked before any process
+starts and again on the DFT worker, with the same function (:func:`check_options`).
 
 - ``registry``: the records and :func:`lookup`;
 - ``factory``: name -> factory -> calculator, option checking;
@@ -25,6 +25,7 @@ from .errors import (
 )
 from .factory import (
     accepted_options,
+    add_config_dir,
     check_config,
     check_name,
     check_options,
@@ -39,6 +40,6 @@ from .status import code_status
 __all__ = [
     "ASE_HARTREE", "CP2K_HARTREE", "CODES", "CalculatorConfigError", "ClientError", "CodeNotFoundError",
     "HartreePath", "OptionError", "ReferenceCalculationError", "ReferenceCode", "SCFNotConverged",
-    "accepted_options", "check_config", "check_name", "check_options", "code_status", "is_stateless", "lookup",
-    "make_calculator", "reference_energy", "require_executable", "resolve_factory",
+    "accepted_options", "add_config_dir", "check_config", "check_name", "check_options", "code_status",
+    "is_stateless", "lookup", "make_calculator", "reference_energy", "require_executable", "resolve_factory",
 ]

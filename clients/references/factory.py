@@ -2,8 +2,9 @@
 calculator built.
 
 ``[reference] calculator`` is a code of the registry or ``"package.module:function"``, a factory
-importable from PYTHONPATH that is called with ``[reference.options]`` as keyword arguments and
-returns an ASE calculator. Registry codes take the options as their factory's keywords.
+importable from PYTHONPATH or from the config file's folder (:func:`add_config_dir`) that is called
+with ``[reference.options]`` as keyword arguments and returns an ASE calculator. Registry codes take
+the options as their factory's keywords.
 
 Option names are checked here, in one place, for the config check (``slhmc run``/``server``,
 before any process starts) and the DFT worker alike: an unknown name is an error that lists the
@@ -16,8 +17,10 @@ import difflib
 import functools
 import importlib
 import inspect
+import logging
 import shlex
 import shutil
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,6 +28,8 @@ from ase.calculators.calculator import Calculator
 
 from .errors import CalculatorConfigError, CodeNotFoundError, OptionError
 from .registry import CODES, lookup
+
+log = logging.getLogger(__name__)
 
 # keywords of ASE's Calculator base class: bookkeeping, not options of the method
 _ASE_BASE_KEYWORDS = frozenset(inspect.signature(Calculator.__init__).parameters) - {"self", "kwargs"}
@@ -51,8 +56,32 @@ def check_name(name: str) -> None:
         )
 
 
-def resolve_factory(name: str) -> Callable[..., Calculator]:
-    """The factory behind a ``reference.calculator`` name: a registry code or an importable ``module:function``."""
+def add_config_dir(name: str, config_dir: str | Path | None) -> Path | None:
+    """Where a ``module:function`` factory is looked for, besides PYTHONPATH: the folder of the config
+    file that names it (``mycalc.py`` next to ``config.toml``). One rule for the config check and the
+    DFT worker alike.
+
+    The folder is appended to ``sys.path`` (installed packages and PYTHONPATH keep precedence, so a
+    file next to the config never shadows a module slhmc itself imports later). Nothing is added for
+    a registry code, for no folder, or for a folder that does not exist on this machine (a server's
+    config folder seen from a worker on another machine). Returns the folder added (or already
+    there), else None.
+    """
+    if config_dir is None or lookup(name) is not None or ":" not in name:
+        return None
+    folder = Path(config_dir).expanduser().resolve()
+    if not folder.is_dir():
+        return None
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+        log.debug("reference.calculator %r: %s added to the import path (the config's folder)", name, folder)
+    return folder
+
+
+def resolve_factory(name: str, config_dir: str | Path | None = None) -> Callable[..., Calculator]:
+    """The factory behind a ``reference.calculator`` name: a registry code or an importable
+    ``module:function``, looked for on PYTHONPATH and then in ``config_dir`` (the config file's folder,
+    see :func:`add_config_dir`)."""
     check_name(name)
     code = lookup(name)
     if code is not None:
@@ -65,11 +94,14 @@ def resolve_factory(name: str) -> Callable[..., Calculator]:
             ) from None
         return functools.partial(cls, **code.defaults) if code.defaults else cls
     module_name, _, attr = name.partition(":")
+    folder = add_config_dir(name, config_dir)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
+        where = f"PYTHONPATH and {folder} (the config's folder)" if folder else "PYTHONPATH"
         raise CalculatorConfigError(
-            f"reference.calculator {name!r}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?"
+            f"reference.calculator {name!r}: cannot import {module_name!r} ({err}); looked on {where}: put "
+            f"{module_name.split('.')[0]}.py next to the config file or its folder on PYTHONPATH"
         ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -118,17 +150,20 @@ def check_options(name: str, options: Iterable[str], factory: Callable[..., Calc
     )
 
 
-def check_config(name: str, options: Iterable[str], here: bool = False) -> None:
+def check_config(name: str, options: Iterable[str], here: bool = False,
+                 config_dir: str | Path | None = None) -> None:
     """The config check of ``[reference]``, before any process starts: the name's form everywhere;
     the option names wherever they can be known without the code.
 
     ``here``: the DFT workers run on this machine, so a ``module:function`` factory or a code's
-    module must import here too. Elsewhere the option names of registry codes whose module imports
-    in milliseconds are checked where installed; the DFT worker checks the same names again.
+    module must import here too (from PYTHONPATH or ``config_dir``, the config file's folder, as on
+    the DFT worker: :func:`add_config_dir`). Elsewhere the option names of registry codes whose
+    module imports in milliseconds are checked where installed; the DFT worker checks the same names
+    again.
     """
     check_name(name)
     code = lookup(name)
-    factory = resolve_factory(name) if here else None
+    factory = resolve_factory(name, config_dir) if here else None
     if factory is None and code is not None and code.options != "code":
         try:
             factory = resolve_factory(name)
@@ -138,17 +173,19 @@ def check_config(name: str, options: Iterable[str], here: bool = False) -> None:
         check_options(name, options, factory)
 
 
-def make_calculator(name: str, options: dict, timeout: float | None = None) -> Calculator:
+def make_calculator(name: str, options: dict, timeout: float | None = None,
+                    config_dir: str | Path | None = None) -> Calculator:
     """A fresh calculator; errors say what to fix (unknown name, bad factory, wrong option).
 
     ``timeout`` (s, ``reference.timeout``): for a code that waits on a process it keeps alive, the
     bound of each wait where its options give none (a client that never connects must not hold a
-    DFT worker for ever).
+    DFT worker for ever). ``config_dir``: the folder of the config file that names the calculator,
+    where a ``module:function`` factory is also looked for (:func:`add_config_dir`).
     """
     code = lookup(name)
     if timeout and code is not None and code.wait_option and options.get(code.wait_option) is None:
         options = {**options, code.wait_option: float(timeout)}
-    factory = resolve_factory(name)
+    factory = resolve_factory(name, config_dir)
     check_options(name, options, factory)
     try:
         calc = factory(**options)

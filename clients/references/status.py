@@ -6,9 +6,14 @@ import importlib
 import os
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from .registry import CODES
+
+INSTALL_SCRIPT = "run_scripts/install_dft_codes.sh"
+# the codes that script installs (apt packages on Debian, pip in the venv), with the flag each needs
+_SCRIPT_CODES = {"pyscf": "", "tblite": "", "espresso": "", "socket": "", "cp2k": "", "gpaw": "--with-gpaw"}
 
 
 def _where(executable: str) -> tuple[str | None, bool]:
@@ -47,3 +52,27 @@ def code_status(name: str) -> tuple[bool, str]:
         detail += (f"; not on PATH, only next to the interpreter (the socket bridge starts a client from there; "
                    f"a shell or mpirun in reference.options needs the full path): {', '.join(aside)}")
     return True, detail + kept
+
+
+def install_script() -> str:
+    """The install script's path: absolute in a source checkout, else as it is named in the repository."""
+    path = Path(__file__).resolve().parents[2] / INSTALL_SCRIPT
+    return str(path) if path.is_file() else INSTALL_SCRIPT
+
+
+def install_hint(missing: Iterable[str]) -> str | None:
+    """What to do about the codes ``slhmc codes`` found missing, one line each after a heading (None
+    when none is): the install script for those it installs, the code's own instruction for the
+    others (VASP: the user's own build)."""
+    missing = list(missing)
+    if not missing:
+        return None
+    by_script = [name for name in missing if name in _SCRIPT_CODES]
+    lines = [f"missing here: {', '.join(missing)}"]
+    if by_script:
+        flags = sorted({_SCRIPT_CODES[name] for name in by_script} - {""})
+        command = " ".join([install_script(), *flags])
+        lines.append(f"  {', '.join(by_script)}: run {command} (Quantum ESPRESSO and CP2K from Debian's packages; "
+                     "PySCF, tblite, i-PI's driver and, with --with-gpaw, GPAW with pip; then it runs slhmc codes)")
+    lines.extend(f"  {name}: {CODES[name].install}" for name in missing if name not in _SCRIPT_CODES)
+    return "\n".join(lines)

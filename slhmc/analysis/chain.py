@@ -178,6 +178,9 @@ def report(run_dir: Path, summary: dict) -> list[str]:
         lines.append(f"<E_pot> = {e['mean']:.6f} ± {e['error']:.6f} eV/atom, tau {e['tau_trials']:.1f} trials, "
                      f"{e['n_effective']:.0f} effective samples"
                      + ("" if per_call is None else f", {per_call:.3f} per reference call"))
+        lines.append(f"burn-in: the first {e['discarded_trials']} of {summary['trials']} trials (1/{BURN_IN_DIVISOR} "
+                     f"of the run) are discarded from <E_pot> and g(r), as the chain's equilibration from the start "
+                     f"structure")
     lines += model_table(summary)
     if summary["plots"]:
         lines.append("plots: " + ", ".join(str(run_dir / p) for p in summary["plots"]))

@@ -1,7 +1,8 @@
 """Every plot of ``slhmc analyze``: matplotlib (Agg backend, files only), PNG at 120 dpi.
 
 A run directory gets acceptance.png, energy.png, ml_error.png, delta_e_error.png (when the trials
-record the ΔE fields), rdf.png and msd.png; an ``slhmc md`` directory gets dos.png and rdf.png.
+record the ΔE fields), rdf.png and msd.png; an ``slhmc md`` directory gets dos.png, rdf.png and
+msd.png; ``slhmc analyze --compare`` adds compare_rdf.png and compare_epot.png.
 Each function takes numbers already computed (by slhmc.analysis.chain / .md) and returns the
 names of the files it wrote.
 """
@@ -77,7 +78,10 @@ def plot_run(run_dir: Path, trials: list[dict], summary: dict, sliding: np.ndarr
     ax.plot(idx, np.array([t["e_chain"] for t in trials]) / per_atom, lw=1, label="chain state")
     e = summary["e_pot_eV_per_atom"]
     if e:
-        ax.axhline(e["mean"], color="k", ls="--", lw=0.8, label=f"⟨E⟩ = {e['mean']:.5f} ± {e['error']:.5f}")
+        ax.axhline(e["mean"], color="k", ls="--", lw=0.8, label=f"⟨E⟩ = {e['mean']:.5f} ± {e['error']:.5f} eV/atom")
+        if e["discarded_trials"]:
+            ax.axvspan(idx[0] - 0.5, idx[e["discarded_trials"]] - 0.5, color="0.85", zorder=0,
+                       label=f"burn-in: {e['discarded_trials']} trials, not in ⟨E⟩")
     ax.set(xlabel="trial", ylabel="reference energy (eV/atom)", title="Potential energy")
     ax.legend(fontsize=8)
     finish(fig, "energy.png")
@@ -130,15 +134,17 @@ def plot_run(run_dir: Path, trials: list[dict], summary: dict, sliding: np.ndarr
 
 
 def plot_md(md_dir: Path, nu: np.ndarray, dos: dict[str, np.ndarray], peak_THz: float, temperature_K: float,
-            rdf_data: dict) -> list[str]:
+            rdf_data: dict, msd_data: np.ndarray, dt_fs: float, resolution: str) -> list[str]:
     """The plots of an ``slhmc md`` directory: the DOS curves ``dos`` (1/THz, "total" and per
-    element) on the frequency axis ``nu`` (THz), shown up to about twice ``peak_THz``; g(r)."""
+    element) on the frequency axis ``nu`` (THz), shown up to about twice ``peak_THz``, with the
+    ``resolution`` text (slhmc.analysis.md.resolution_text) under the title; g(r); the MSD
+    ``msd_data`` (Å², one value per frame, frames ``dt_fs`` fs apart)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plt.subplots(figsize=(6, 4.0))
     for k, g in dos.items():
         ax.plot(nu, g, label="total" if k == "total" else k, lw=1.6 if k == "total" else 1.0)
-    ax.set(xlim=(0, min(nu[-1], 2.0 * peak_THz + 2)), xlabel="frequency (THz)",
-           ylabel="DOS (1/THz)", title=f"VACF phonon DOS, {temperature_K:.0f} K")
+    ax.set(xlim=(0, min(nu[-1], 2.0 * peak_THz + 2)), xlabel="frequency (THz)", ylabel="DOS (1/THz)")
+    ax.set_title(f"VACF phonon DOS, {temperature_K:.0f} K\n{resolution}", fontsize=9)
     top = ax.secondary_xaxis("top", functions=(lambda x: 1e3 * x * EV_PER_THZ, lambda e: e / (1e3 * EV_PER_THZ)))
     top.set_xlabel("energy (meV)")
     ax.legend(fontsize=8)
@@ -147,4 +153,60 @@ def plot_md(md_dir: Path, nu: np.ndarray, dos: dict[str, np.ndarray], peak_THz: 
     if rdf_data:
         plot_rdf(rdf_data, f"Radial distribution, {temperature_K:.0f} K", md_dir / "rdf.png")
         written.append("rdf.png")
+    if len(msd_data):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(np.arange(len(msd_data)) * dt_fs * 1e-3, msd_data)
+        ax.set(xlabel="time (ps)", ylabel="MSD (Å²)",
+               title=f"Mean square displacement, {temperature_K:.0f} K (first repeat)")
+        _save(fig, md_dir / "msd.png")
+        written.append("msd.png")
+    return written
+
+
+def plot_compare(out_dir: Path, r: np.ndarray, kind: str, rdfs: dict[str, dict[str, dict[str, np.ndarray]]],
+                 edges: np.ndarray | None, hists: dict[str, dict]) -> list[str]:
+    """The plots of ``slhmc analyze --compare``: compare_rdf.png, one column per element pair with
+    every source's g(r) (``rdfs``: label -> pair -> {"g", "error"}, on ``r`` in Å) and a ±1σ band,
+    and below it each source's difference from the first in units of the combined error;
+    compare_epot.png, every source's E_pot-per-atom density (``hists``: label -> {"density",
+    "error", "mean", "mean_error"} on the bin ``edges`` in eV/atom) with its band."""
+    plt = _pyplot()
+    written = []
+    pairs = list(next(iter(rdfs.values()))) if rdfs else []
+    if pairs:
+        ref = next(iter(rdfs.values()))
+        fig, axes = plt.subplots(2, len(pairs), figsize=(5 * len(pairs), 5.5 + 0.2 * len(rdfs)), squeeze=False,
+                                 sharex="col", gridspec_kw={"height_ratios": [3, 1.3]})
+        for col, pair in enumerate(pairs):
+            top, bottom = axes[0][col], axes[1][col]
+            for k, (label, curves) in enumerate(rdfs.items()):
+                if pair not in curves:
+                    continue
+                g, err = curves[pair]["g"], curves[pair]["error"]
+                top.plot(r, g, color=f"C{k}", lw=1.2, label=label)
+                top.fill_between(r, g - err, g + err, color=f"C{k}", alpha=0.3, lw=0)
+                if k:  # the difference from the first source, in units of the combined error
+                    sigma = np.hypot(err, ref[pair]["error"])
+                    z = np.divide(g - ref[pair]["g"], sigma, out=np.zeros_like(sigma), where=sigma > 0)
+                    bottom.plot(r, z, color=f"C{k}", lw=1.0)
+            top.set(ylabel=kind, title=f"{pair} (bands: ±1σ, correlated frames)")
+            bottom.axhspan(-2, 2, color="0.9", zorder=0)
+            bottom.set(xlabel="r (Å)", ylabel="(g − g of the first) / σ")
+            bottom.legend(*top.get_legend_handles_labels(), fontsize=7, loc="upper center",
+                          bbox_to_anchor=(0.5, -0.45))
+        _save(fig, out_dir / "compare_rdf.png")
+        written.append("compare_rdf.png")
+    if edges is not None and hists:
+        fig, ax = plt.subplots(figsize=(6.5, 3.8 + 0.2 * len(hists)))
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        for k, (label, h) in enumerate(hists.items()):
+            ax.step(centres, h["density"], where="mid", color=f"C{k}", lw=1.2,
+                    label=f"{label}: ⟨E⟩ = {h['mean']:.5f} ± {h['mean_error']:.5f} eV/atom")
+            ax.fill_between(centres, h["density"] - h["error"], h["density"] + h["error"], step="mid",
+                            color=f"C{k}", alpha=0.3, lw=0)
+        ax.set(xlabel="E_pot (eV/atom)", ylabel="probability density (1/(eV/atom))",
+               title="Potential energy distribution (bands: ±1σ)")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+        _save(fig, out_dir / "compare_epot.png")
+        written.append("compare_epot.png")
     return written
