@@ -7,6 +7,7 @@ new model, and (for a warm start) the model to start from; the welcome config is
 from __future__ import annotations
 
 import logging
+import threading
 
 from slhmc.potential.network import BPNN, Architecture, resolve_device
 from slhmc.potential.serialization import model_from_bytes, model_to_bytes
@@ -20,6 +21,10 @@ def _digits(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3g}"
 
 
+class FitStopped(RuntimeError):
+    """The worker is exiting (shutdown, interrupt): the fit in progress is abandoned."""
+
+
 class TrainerHandler:
     role = "trainer"
 
@@ -28,6 +33,16 @@ class TrainerHandler:
         self.labels: dict[int, Label] = {}
         self.store: LabelStore | None = None  # featurized labels, kept across refits
         self.model: BPNN | None = None
+        self._stopping = threading.Event()
+
+    def close(self) -> None:
+        """The worker exits: a fit in progress stops at its next L-BFGS step (a job must not outlive
+        its server by the rest of a fit)."""
+        self._stopping.set()
+
+    def _check_stop(self, step: int, validation_loss: float) -> None:
+        if self._stopping.is_set():
+            raise FitStopped(f"the worker is exiting; fit stopped after {step} L-BFGS steps")
 
     def configure(self, config: dict) -> None:
         """A new server (or the same one again): drop what belonged to the old one."""
@@ -67,7 +82,7 @@ class TrainerHandler:
         # in label order, so that the store's chunks are the same whenever the same labels arrive
         self.store.featurize_and_add(self.model, (self.labels[i] for i in sorted(label_ids)))
         # settings.seed is the run's: one split for the whole run, a label validated on is never trained on
-        metrics = fit(self.model, self.store, settings, warm_start=warm, label_ids=label_ids)
+        metrics = fit(self.model, self.store, settings, warm_start=warm, label_ids=label_ids, progress=self._check_stop)
         metrics["warm_start"] = warm
         val = metrics["validation"]
         log.info("model %d: %d labels, validation RMSE %s meV/atom, %s meV/Å, %.1f s", version, len(label_ids),

@@ -412,6 +412,7 @@ class HMCServer:
                         disable=not self.progress_enabled, dynamic_ncols=True)
         log.info("server on %s; %d trials of %d x %.3g fs at %.1f K", self.endpoint, cfg.hmc.trials,
                  cfg.hmc.md_steps, cfg.hmc.timestep, self.temperature)
+        reason = "interrupted"  # what the workers are told when the server ends
         try:
             if self.model_bytes is None:
                 self._start_bootstrap()
@@ -431,16 +432,18 @@ class HMCServer:
                          len(pending.label_ids))
             self._event("done", dropped_messages=self.broker.dropped,
                         refused_handshakes=self.broker.refused_handshakes)
+            reason = "run finished"
             log.info("done: %d trials, acceptance %.3f, %d labels, last model %d, %.1f s", self.chain.trial,
                      self.chain.accepted / max(self.chain.trial, 1), len(self.store), self.model_version,
                      time.monotonic() - self.t_start)
             return 0
         except RunAborted as err:
             log.error("run stopped: %s", err)
+            reason = f"run stopped: {err}"[:500]
             return 2
         finally:
             self.bar.close()
-            self.broker.close()
+            self.broker.close(reason)
             self.files.close()
 
 

@@ -132,3 +132,36 @@ def test_a_result_the_protocol_refuses_is_reported_failed_and_the_worker_goes_on
         assert result == [0]
     finally:
         server.close(0)
+
+
+def test_a_trainer_told_to_exit_stops_its_fit_at_the_next_step():
+    """A fit in progress when the worker exits (server shutdown, interrupt) is abandoned at its next
+    L-BFGS step: the process must not outlive its server by the rest of a fit (hours on a cluster)."""
+    from slhmc.clients.trainer import FitStopped, TrainerHandler
+    from slhmc.config import PotentialConfig, TrainingConfig, trainer_settings
+
+    from .runs import emt_labels
+
+    trainer = TrainerHandler(device="cpu")
+    for label in emt_labels(12, seed=1):
+        trainer.labels[label.label_id] = label
+    settings, architecture = trainer_settings(PotentialConfig(hidden=[8, 8]), TrainingConfig(max_steps=100000,
+                                              patience=100000), seed=1)
+    outcome: list = []
+
+    def train() -> None:
+        try:
+            trainer.train(0, list(trainer.labels), False, settings, architecture)
+            outcome.append("finished")
+        except FitStopped as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    time.sleep(2.0)  # well into the fit (100000 steps would take hours)
+    assert thread.is_alive()
+    stopped_at = time.monotonic()
+    trainer.close()
+    thread.join(30)
+    assert not thread.is_alive() and isinstance(outcome[0], FitStopped)
+    assert time.monotonic() - stopped_at < 30
