@@ -13,14 +13,39 @@ are a function of the positions alone; ``tests/test_integrator.py``) and that Δ
 reference energies at both ends. The server, the ML-MD worker and the in-process reference
 sampler (:mod:`slhmc.validation`) all use these functions, so that what the statistical tests
 check is what runs.
+
+In the isothermal–isobaric ensemble (:mod:`.npt`) a trial is, with a fixed probability drawn from
+its stream, a cell trial instead: an inner chain of cell moves with scaled coordinates driven by
+the network's energy, its end point accepted with the self-learning correction
+exp(-β[(E_ref - E_ML)' - (E_ref - E_ML)]).
 """
 
 from .acceptance import accept, delta_h, kinetic_energy
 from .chain import ChainState, Step, metropolis_step
 from .draws import TrialDraws, draw, trial_random
 from .integrator import EnergyForces, Trajectory, velocity_verlet
+from .npt import (
+    CellDraws,
+    CellEnergy,
+    CellMove,
+    CellStep,
+    InnerChain,
+    NPTDraws,
+    anisotropic_move,
+    cell_log_acceptance,
+    cell_move,
+    cell_step,
+    inner_cell_chain,
+    isotropic_move,
+    npt_draw,
+    pressure_eV_per_A3,
+    slmc_log_acceptance,
+    standard_cell,
+)
 
 __all__ = [
-    "ChainState", "EnergyForces", "Step", "Trajectory", "TrialDraws", "accept", "delta_h", "draw",
-    "kinetic_energy", "metropolis_step", "trial_random", "velocity_verlet",
+    "CellDraws", "CellEnergy", "CellMove", "CellStep", "ChainState", "EnergyForces", "InnerChain", "NPTDraws", "Step",
+    "Trajectory", "TrialDraws", "accept", "anisotropic_move", "cell_log_acceptance", "cell_move", "cell_step",
+    "delta_h", "draw", "inner_cell_chain", "isotropic_move", "kinetic_energy", "metropolis_step", "npt_draw",
+    "pressure_eV_per_A3", "slmc_log_acceptance", "standard_cell", "trial_random", "velocity_verlet",
 ]
