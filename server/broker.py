@@ -37,6 +37,16 @@ MAX_LOST_WORKERS = 5
 HANDSHAKE_REPORT_S = 30.0  # at most one line per this many seconds about refused handshakes
 
 
+def connect_address(endpoint: str) -> str:
+    """The address a worker on another machine connects to for a bound ``endpoint``: a wildcard
+    host (0.0.0.0, *, [::]) replaced by this host's name."""
+    import socket
+
+    for wildcard in ("0.0.0.0", "*", "[::]"):
+        endpoint = endpoint.replace(f"//{wildcard}:", f"//{socket.gethostname()}:")
+    return endpoint
+
+
 @dataclass
 class Worker:
     identity: bytes
@@ -143,12 +153,7 @@ class Broker:
 
     def connect_hint(self) -> str:
         """The address a worker passes to --connect (a wildcard bind named by this host's name)."""
-        import socket as _socket
-
-        endpoint = self.endpoint
-        for wildcard in ("0.0.0.0", "*", "[::]"):
-            endpoint = endpoint.replace(f"//{wildcard}:", f"//{_socket.gethostname()}:")
-        return endpoint + (" --keys DIR" if self.curve else "")
+        return connect_address(self.endpoint) + (" --keys DIR" if self.curve else "")
 
     # -- sending ---------------------------------------------------------------------------------
     def send(self, worker: Worker | bytes, kind: str, **fields: object) -> bool:

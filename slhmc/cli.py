@@ -120,25 +120,17 @@ def cmd_server(args: argparse.Namespace) -> int:
             _remove_address_file(args.address_file, address)
 
 
-def connect_address(endpoint: str) -> str:
-    """The address a worker on another machine connects to for a bound ``endpoint``: a wildcard
-    host (0.0.0.0, *, [::]) replaced by this host's name."""
-    import socket
-
-    for wildcard in ("0.0.0.0", "*", "[::]"):
-        endpoint = endpoint.replace(f"//{wildcard}:", f"//{socket.gethostname()}:")
-    return endpoint
-
-
 def _write_address_file(path: str, endpoint: str) -> str:
     """``slhmc server --address-file``: written after the bind, atomically (a worker polling the file
     never reads half an address). Returns what was written."""
     import os
 
+    from slhmc.server.broker import connect_address
+
     address = connect_address(endpoint)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # per process: two servers never share one
     tmp.write_text(address + "\n")
     os.replace(tmp, target)
     logging.getLogger("slhmc").info("workers connect to %s (written to %s)", address, target)

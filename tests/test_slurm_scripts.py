@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from slhmc.cli import connect_address
 from slhmc.config import load_local_reference
+from slhmc.server.broker import connect_address
 
 from .conftest import ROOT
 from .runs import SLHMC, env, free_port, start_server, write_config
