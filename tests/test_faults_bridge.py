@@ -103,8 +103,12 @@ def test_a_client_that_never_connects_fails_at_reference_timeout_and_is_stopped(
         assert time.monotonic() - t0 < 6
         assert "2 s" in str(err.value)
         assert handler.calc.proc is None  # the client was stopped, not left behind
+        workdir = handler.calc.workdir
+        assert str(workdir / "client.log") in str(err.value)
     finally:
         handler.close()
+    assert (workdir / "client.log").is_file()  # kept: the error sends the user there
+    shutil.rmtree(workdir)
 
 
 def test_sigkilled_dft_worker_takes_its_client_along_and_its_socket_file_is_cleaned_up(tmp_path):
@@ -123,12 +127,13 @@ def test_sigkilled_dft_worker_takes_its_client_along_and_its_socket_file_is_clea
             return a.get_potential_energy()
         pool = ThreadPoolExecutor(1)  # kept: a collected pool ends its thread, and the client with it
         pool.submit(label).result()
-        print(calc.proc.pid, calc.path, flush=True)
+        print(calc.proc.pid, calc.path, calc.workdir, flush=True)
         time.sleep(600)
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workdir = None
     try:
-        client_pid, path = proc.stdout.readline().split()
+        client_pid, path, workdir = proc.stdout.readline().split()
         client_pid = int(client_pid)
         assert alive(client_pid) and Path(path).is_socket()
         proc.send_signal(signal.SIGKILL)
@@ -140,6 +145,8 @@ def test_sigkilled_dft_worker_takes_its_client_along_and_its_socket_file_is_clea
     finally:
         proc.kill()
         proc.wait()
+        if workdir is not None:  # a SIGKILLed worker removes nothing itself
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_socket_names_are_unique_and_stale_or_live_collisions_are_handled(tmp_path):
@@ -180,7 +187,8 @@ def test_a_port_in_use_is_a_bind_error_naming_the_port():
 
 
 def test_full_path_unixsocket(tmp_path):
-    path = Path(tempfile_dir()) / "dft.sock"
+    folder = tempfile_dir()
+    path = Path(folder) / "dft.sock"
     calc = make_calculator("socket", {"client": f"{DRIVER} -u -S '' -a {{unixsocket}} -m harmonic -o {K}",
                                       "unixsocket": str(path), "timeout": 20})
     try:
@@ -191,6 +199,7 @@ def test_full_path_unixsocket(tmp_path):
     finally:
         calc.close()
     assert not path.exists()
+    os.rmdir(folder)
 
 
 def tempfile_dir() -> str:

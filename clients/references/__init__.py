@@ -11,6 +11,7 @@ starts and again on the DFT worker, with the same function (:func:`check_options
 - ``energy``: which energy is read, and in which Hartree;
 - ``status``: what is installed here (``slhmc codes``);
 - ``errors``: the errors, each one of ASE's calculator errors;
+- ``scratch``: the codes' scratch directories, removed at close and at exit unless a call failed there;
 - ``pyscf``, ``espresso``, ``cp2k``, ``socket_bridge``: slhmc's own code adapters, imported only when used.
 """
 

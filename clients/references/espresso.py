@@ -3,8 +3,10 @@
 Options (``[reference.options]``) are ASE's Espresso keywords — ``pseudopotentials`` (element ->
 file), ``input_data`` (namelists), ``kpts`` — plus ``command`` (default "pw.x"; e.g. "mpirun -np 2
 pw.x") and ``pseudo_dir`` (default Debian's /usr/share/espresso/pseudo from
-quantum-espresso-data). ``tprnfor`` is always on: the worker needs forces. Each worker writes into
-its own scratch directory, so several workers on one node never share files.
+quantum-espresso-data) and ``directory``. ``tprnfor`` is always on: the worker needs forces. Without
+``directory`` each worker writes into a scratch directory of its own (``slhmc-pw-*`` in the
+temporary folder), so several workers on one node never share files; it is removed when the worker
+closes its calculator unless a call failed there (see :mod:`.scratch`).
 
 The persistent alternative, which keeps pw.x and its wavefunctions alive between calls, is the
 ``socket`` reference (slhmc.clients.references.socket_bridge) with ``code = "espresso"``.
@@ -13,15 +15,21 @@ The persistent alternative, which keeps pw.x and its wavefunctions alive between
 from __future__ import annotations
 
 import copy
-import tempfile
 from pathlib import Path
 
 from ase.calculators.espresso import Espresso, EspressoProfile
 
 from .errors import OptionError
 from .factory import require_executable
+from .scratch import ScratchCalculator
 
 DEBIAN_PSEUDO_DIR = "/usr/share/espresso/pseudo"
+
+
+class ScratchEspresso(ScratchCalculator, Espresso):
+    """ASE's Espresso in a scratch directory of its own when given none; ``close()`` removes it."""
+
+    scratch_prefix = "slhmc-pw-"
 
 
 def check_espresso_inputs(command: str, pseudo_dir: str, pseudopotentials: dict | None) -> None:
@@ -51,6 +59,5 @@ def espresso_calculator(
     check_espresso_inputs(command, pseudo_dir, pseudopotentials)
     data = copy.deepcopy(input_data or {})
     data.setdefault("control", {})["tprnfor"] = True
-    directory = directory or tempfile.mkdtemp(prefix="slhmc-pw-")
-    return Espresso(profile=EspressoProfile(command=command, pseudo_dir=pseudo_dir), directory=directory,
-                    pseudopotentials=pseudopotentials, input_data=data, **kwargs)
+    return ScratchEspresso(profile=EspressoProfile(command=command, pseudo_dir=pseudo_dir), directory=directory or None,
+                           pseudopotentials=pseudopotentials, input_data=data, **kwargs)

@@ -32,6 +32,11 @@ Options (``[reference.options]``):
   per machine: ``workers.dft > 1`` with a fixed port is refused by the config check.
 - ``timeout``: seconds to wait for the client — for its connection and for each answer; the DFT
   worker fills in ``reference.timeout`` when this is not given (default: none).
+- ``directory``: the client's folder (its ``client.log``, the input written for ``code``). Default: a
+  scratch directory of its own (``slhmc-ipi-*`` in the temporary folder), made at the client's first
+  start and removed, after the client is stopped, when the bridge is closed or the interpreter exits;
+  kept (and said so) if a call failed, since the error points at its ``client.log``. A directory
+  given here is never removed.
 - ``restart_on_cell_change``: start a fresh client when the cell changes. i-PI sends the cell with
   every step, and ``i-pi-py_driver``, CP2K and LAMMPS take it; pw.x 6.7 keeps the first cell's
   grids and k-point set and dies on a changed cell, so the default is on for pw.x only.
@@ -61,7 +66,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +74,7 @@ from ase import units
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.socketio import IPIProtocol
 
+from . import scratch
 from .errors import ClientError, OptionError
 
 log = logging.getLogger(__name__)
@@ -227,9 +232,9 @@ class SocketBridge(Calculator):
     @property
     def workdir(self) -> Path:
         """The client's folder, made at its first start (a config check that builds and closes a
-        bridge leaves nothing behind)."""
+        bridge leaves nothing behind): ``directory``, else a scratch directory of this bridge's."""
         if self._workdir is None:
-            self._workdir = Path(self._client_dir or tempfile.mkdtemp(prefix="slhmc-ipi-"))
+            self._workdir = Path(self._client_dir or scratch.scratch_directory("slhmc-ipi-", owner=self))
         return self._workdir
 
     @property
@@ -360,6 +365,13 @@ class SocketBridge(Calculator):
         self._cell = np.array(atoms.cell.array)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        try:
+            self._calculate(atoms, properties, system_changes)
+        except Exception:
+            scratch.mark_failed(self._workdir)  # its client.log, which the error names, is kept
+            raise
+
+    def _calculate(self, atoms, properties, system_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         if (self._protocol is not None and self.restart_on_cell_change
                 and not np.allclose(self._cell, self.atoms.cell.array)):
@@ -421,10 +433,21 @@ class SocketBridge(Calculator):
                 continue
 
     def close(self) -> None:
-        self._shutdown()
+        """Stop the client, then remove its scratch directory (unless a call failed there); used
+        again, the bridge starts a new client in a new one."""
+        try:
+            self._shutdown()
+        finally:
+            self._release_workdir()
+
+    def _release_workdir(self) -> None:
+        workdir = self._workdir
+        if workdir is not None and scratch.is_scratch(workdir):
+            self._workdir = None
+            scratch.release(workdir)
 
     def __del__(self) -> None:
         try:
-            self._shutdown()
+            self.close()
         except Exception:
             pass
