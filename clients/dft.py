@@ -1,4 +1,5 @@
-"""The DFT worker: labels structures with the reference calculator (energy, forces)."""
+"""The DFT worker: labels structures with the reference calculator (energy, forces; the stress too
+when the task asks for it and the code gives one: NPT runs)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class DFTHandler:
         self.stateless = False
         self.energy_property: EnergyProperty = "free_energy"
         self.config_error: str | None = None
+        self.no_stress_said = False
 
     def configure(self, config: dict) -> None:
         ref = self.local_reference or config["reference"]
@@ -101,7 +103,9 @@ class DFTHandler:
             self.calc.reset()
         atoms.calc = self.calc
         t0 = time.perf_counter()
-        # forces first: calculators that compute both in one run then answer the energy from cache
+        # the stress first where wanted, then forces: calculators that compute everything in one run
+        # (file-based codes) then answer the rest from cache instead of running again
+        stress = self._stress(atoms) if msg.get("stress") else None
         forces = np.asarray(atoms.get_forces(), dtype=np.float64)
         energy = reference_energy(atoms, self.energy_property)
         seconds = time.perf_counter() - t0
@@ -110,4 +114,25 @@ class DFTHandler:
                                   "iteration limit, e.g. nelm for VASP, or loosen its convergence threshold)")
         if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
             raise ReferenceCalculationError(f"reference returned a non-finite energy ({energy}) or forces")
-        return "label_result", {"energy": energy, "forces": forces, "seconds": seconds}
+        return "label_result", {"energy": energy, "forces": forces, "stress": stress, "seconds": seconds}
+
+    def _stress(self, atoms: Atoms) -> np.ndarray | None:
+        """The reference stress (Voigt, eV/Å³), or None where the code gives none (said once): the
+        stress only trains the network, the chain never needs it."""
+        if "stress" not in getattr(self.calc, "implemented_properties", ()):
+            if not self.no_stress_said:
+                log.warning("the reference calculator %s gives no stress: labels are fitted on energies and forces "
+                            "only", type(self.calc).__name__)
+                self.no_stress_said = True
+            return None
+        try:
+            stress = np.asarray(atoms.get_stress(voigt=True), dtype=np.float64)
+        except Exception as err:  # e.g. a code not asked for it in its input (QE: tstress)
+            if not self.no_stress_said:
+                log.warning("no stress from the reference (%s: %s): labels are fitted on energies and forces only; "
+                            "ask the code for its stress to train it (QE: tstress = true)", type(err).__name__, err)
+                self.no_stress_said = True
+            return None
+        if not np.all(np.isfinite(stress)):
+            raise ReferenceCalculationError(f"reference returned a non-finite stress ({stress})")
+        return stress

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 
+import numpy as np
+
 from slhmc.potential.network import BPNN, Architecture, resolve_device
 from slhmc.potential.serialization import model_from_bytes, model_to_bytes
 from slhmc.potential.training import FitSettings, Label, LabelStore, fit
@@ -53,8 +55,10 @@ class TrainerHandler:
     def handle(self, msg: dict) -> tuple[str, dict] | None:
         if msg["type"] == "labels":
             for d in msg["labels"]:
+                stress = d.get("stress")  # Voigt, eV/Å³; absent or None: the reference gave none
                 self.labels[d["label_id"]] = Label(d["numbers"], d["positions"], d["cell"], d["pbc"],
-                                                   d["energy"], d["forces"], d["label_id"])
+                                                   d["energy"], d["forces"], d["label_id"],
+                                                   None if stress is None else np.asarray(stress, dtype=np.float64))
             return None
         if msg["type"] != "train_task":
             raise ValueError(f"a trainer does not handle {msg['type']}")
@@ -85,7 +89,9 @@ class TrainerHandler:
         metrics = fit(self.model, self.store, settings, warm_start=warm, label_ids=label_ids, progress=self._check_stop)
         metrics["warm_start"] = warm
         val = metrics["validation"]
-        log.info("model %d: %d labels, validation RMSE %s meV/atom, %s meV/Å, %.1f s", version, len(label_ids),
-                 _digits(val["energy_rmse_mev_per_atom"]), _digits(val["force_rmse_mev_per_A"]), metrics["seconds"])
+        stress = "" if val.get("stress_rmse_GPa") is None else f", {_digits(val['stress_rmse_GPa'])} GPa"
+        log.info("model %d: %d labels, validation RMSE %s meV/atom, %s meV/Å%s, %.1f s", version, len(label_ids),
+                 _digits(val["energy_rmse_mev_per_atom"]), _digits(val["force_rmse_mev_per_A"]), stress,
+                 metrics["seconds"])
         data = model_to_bytes(self.model, {"version": version, "metrics": metrics})
         return {"version": version, "model": data, "metrics": metrics}

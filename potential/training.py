@@ -1,4 +1,4 @@
-"""Fitting a BPNN on reference energies and forces, in bounded memory.
+"""Fitting a BPNN on reference energies, forces and (where a label has one) stress, in bounded memory.
 
 Training positions never move, so each label's symmetry functions G and the Jacobian blocks
 dG_i/dr_j are computed once (autograd) and kept. An L-BFGS iteration is then only the
@@ -24,7 +24,16 @@ keep it near half a megabyte per label (measured in ``benchmarks/trainer_scaling
 - **Chunks**: labels are packed into a few large batches once (``LabelStore``); the loss and its
   gradient are accumulated chunk by chunk, so the autograd graph of only one chunk is alive.
 
-Loss: mean((E_pred - E)/N_atoms)^2 + force_weight * mean(|F_pred - F|^2) (eV, Å). Optimiser:
+The stress works the same way: with positions and cell scaled by (I + ε), the virial
+W = dE/dε = sum_i (dE/dG_i) . dG_i/dε (eV; ASE's stress is W / V), and dG_i/dε = sum over pairs p
+of centre i of D_p ⊗ dG_i/dD_p is computed once per label from the same pair Jacobian and kept
+as its six (Voigt) components (it is symmetric), (N, F, 6) in float32: N F 24 bytes per label (a 96-atom
+cell with 40 features: 92 kB), kept only for labels that carry a stress.
+
+Loss: mean((E_pred - E)/N_atoms)^2 + force_weight * mean(|F_pred - F|^2)
++ stress_weight * mean(|W_pred - W|^2 / N_atoms^2) (eV, Å), the force mean over force components,
+the stress mean over the labels that carry a stress, |.| the Frobenius norm of the 3x3 virial:
+the virial per atom is on the energy-per-atom scale (eV). Optimiser:
 full-batch L-BFGS with a strong-Wolfe line search (for networks of a few thousand weights it
 converges in far fewer passes than Adam; ``benchmarks/fit_optimizers.py``), early stopping on a
 validation split that is a fixed function of (seed, position in the training list), so a label
@@ -50,12 +59,18 @@ from .network import BPNN
 log = logging.getLogger(__name__)
 
 JACOBIAN_DTYPE = torch.float32
+EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx, yy, zz, yz, xz, xy (ASE's order)
+# |A|^2 = sum_ab A_ab^2 of a symmetric 3x3 A from its Voigt components: the shear ones twice
+VOIGT_MULTIPLICITY = (1.0, 1.0, 1.0, 2.0, 2.0, 2.0)
 CHUNK_JACOBIAN_ELEMENTS = 6_000_000  # ~24 MB of float32 Jacobian per chunk: large ops, small graphs
 
 
 @dataclass
 class Label:
-    """One reference calculation: structure, energy (eV) and forces (eV/Å)."""
+    """One reference calculation: structure, energy (eV), forces (eV/Å) and, where the reference
+    gave one, the stress (6,) in Voigt order (xx, yy, zz, yz, xz, xy), eV/Å³, ASE's sign
+    (``atoms.get_stress()``: (1/V) dE/dε, positive under tension); None: no stress."""
 
     numbers: np.ndarray
     positions: np.ndarray
@@ -64,17 +79,24 @@ class Label:
     energy: float
     forces: np.ndarray
     label_id: int = 0
+    stress: np.ndarray | None = None
 
     @classmethod
     def from_atoms(cls, atoms, label_id: int = 0) -> Label:
+        """Energy and forces of ``atoms``' calculator, and its stress where it holds one already
+        (a frame read from a file with a stress, or a calculator that computed it): never computed here."""
+        energy = float(atoms.get_potential_energy())
+        forces = atoms.get_forces().copy()
+        has_stress = atoms.calc is not None and "stress" in getattr(atoms.calc, "results", {})
         return cls(
             atoms.numbers.copy(),
             atoms.positions.copy(),
             np.asarray(atoms.cell.array).copy(),
             atoms.pbc.copy(),
-            float(atoms.get_potential_energy()),
-            atoms.get_forces().copy(),
+            energy,
+            forces,
             label_id,
+            np.asarray(atoms.get_stress(voigt=True), dtype=np.float64).copy() if has_stress else None,
         )
 
 
@@ -103,15 +125,39 @@ class Featurized:
     jac: torch.Tensor  # (P, F, 3) dG_i/dr_j, JACOBIAN_DTYPE
     energy: float
     forces: torch.Tensor  # (M, 3) reference forces on the force atoms
+    strain: torch.Tensor | None = None  # (N, F, 6) dG_i/dε (Voigt), JACOBIAN_DTYPE; None: no stress
+    virial: torch.Tensor | None = None  # (6,) reference σ V (eV), Voigt, ASE's sign
+    volume: float = 0.0  # Å³, where the label has a stress
 
     @property
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t in (self.species, self.features, self.jac_i, self.jac_j,
-                                                          self.jac, self.forces))
+        tensors = [self.species, self.features, self.jac_i, self.jac_j, self.jac, self.forces]
+        tensors += [t for t in (self.strain, self.virial) if t is not None]
+        return sum(t.element_size() * t.numel() for t in tensors)
+
+    @property
+    def jacobian_elements(self) -> int:
+        """Elements of the stored derivatives (what a chunk's size is counted in)."""
+        return self.jac.numel() + (0 if self.strain is None else self.strain.numel())
+
+
+def strain_derivative(vectors: torch.Tensor, dG_dD: torch.Tensor, i: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """dG_i/dε (n_atoms, F, 6), Voigt, for positions and cell scaled by (I + ε) (pair vectors D_p -> D_p (I + ε)).
+
+    dG_i/dε_ab = sum over pairs p of centre i of D_pa dG_i/dD_pb. G is rotation invariant, so this
+    is symmetric in (a, b) (to rounding): the (a <= b) components are the whole of it. Units: G's
+    per unit strain.
+    """
+    a = torch.tensor([v[0] for v in VOIGT], device=vectors.device)
+    b = torch.tensor([v[1] for v in VOIGT], device=vectors.device)
+    per_pair = dG_dD.index_select(2, b).mul_(vectors.detach().index_select(1, a).unsqueeze(1))
+    out = torch.zeros(n_atoms, dG_dD.shape[1], len(VOIGT), dtype=dG_dD.dtype, device=dG_dD.device)
+    return out.index_add_(0, i, per_pair)
 
 
 def featurize(model: BPNN, label: Label, force_atoms: int = 0) -> Featurized:
-    """Descriptor of every atom, and dG_i/dr_j for the force atoms j (see ``choose_force_atoms``).
+    """Descriptor of every atom, and dG_i/dr_j for the force atoms j (see ``choose_force_atoms``);
+    where the label has a stress, also dG_i/dε of every atom (``strain_derivative``).
 
     dG_i/dr_j = sum over pairs p = (i -> j) of dG_i/dD_p, and dG_j/dr_j = -sum over pairs p of
     centre j of dG_j/dD_p.
@@ -136,8 +182,19 @@ def featurize(model: BPNN, label: Label, force_atoms: int = 0) -> Featurized:
     blocks = torch.zeros(len(unique), f, 3, dtype=model.dtype, device=dev)
     blocks = blocks.index_add(0, inverse, torch.cat([dG_dD[to_j], -dG_dD[of_i]]))
     forces = torch.tensor(np.asarray(label.forces)[chosen.cpu().numpy()], dtype=model.dtype, device=dev)
+    strain = virial = None
+    volume = 0.0
+    if label.stress is not None:
+        volume = abs(float(np.linalg.det(np.asarray(label.cell, dtype=np.float64))))
+    if label.stress is not None and volume <= 0:
+        # one odd label must not fail a refit: fitted on its energy and forces
+        log.warning("label %d has a stress but a cell of zero volume: its stress is not fitted", label.label_id)
+    elif label.stress is not None:
+        strain = strain_derivative(vectors, dG_dD, i, n).to(JACOBIAN_DTYPE)
+        stress = torch.tensor(np.asarray(label.stress, dtype=np.float64).reshape(6), dtype=model.dtype, device=dev)
+        virial = stress * volume
     return Featurized(label.label_id, species, feats.detach(), unique // m, unique % m,
-                      blocks.to(JACOBIAN_DTYPE), float(label.energy), forces)
+                      blocks.to(JACOBIAN_DTYPE), float(label.energy), forces, strain, virial, volume)
 
 
 @dataclass
@@ -156,6 +213,13 @@ class Batch:
     energy: torch.Tensor  # (S,)
     forces: torch.Tensor  # (R, 3)
     force_structure: torch.Tensor  # (R,) structure index of each force row
+    # the labels with a stress ("stress rows", T of them) and their atoms (As)
+    stress_structure: torch.Tensor  # (T,) structure index of each stress row
+    virial: torch.Tensor  # (T, 6) reference σ V (eV)
+    volume: torch.Tensor  # (T,) Å³
+    strain_atoms: torch.Tensor  # (As,) into atoms
+    strain_row: torch.Tensor  # (As,) into stress rows
+    strain: torch.Tensor  # (As, F, 6) dG_i/dε
 
     @classmethod
     def of(cls, items: Sequence[Featurized], n_elements: int) -> Batch:
@@ -168,6 +232,21 @@ class Batch:
 
         species = torch.cat([it.species for it in items])
         structure = per_structure(len(it.species) for it in items)
+        with_stress = [k for k, it in enumerate(items) if it.strain is not None]
+        n_feat = items[0].features.shape[1]
+        if with_stress:
+            stressed = [items[k] for k in with_stress]
+            strain_atoms = torch.cat([torch.arange(len(items[k].species), device=dev) + int(atom_off[k])
+                                      for k in with_stress])
+            stress_part = (torch.tensor(with_stress, dtype=torch.long, device=dev),
+                           torch.stack([it.virial for it in stressed]),
+                           torch.tensor([it.volume for it in stressed], dtype=dtype, device=dev),
+                           strain_atoms, per_structure(len(it.species) for it in stressed),
+                           torch.cat([it.strain for it in stressed]))
+        else:
+            none = torch.zeros(0, dtype=torch.long, device=dev)
+            stress_part = (none, torch.zeros(0, 6, dtype=dtype, device=dev), torch.zeros(0, dtype=dtype, device=dev),
+                           none, none, torch.zeros(0, n_feat, 6, dtype=JACOBIAN_DTYPE, device=dev))
         counts = torch.zeros(len(items), n_elements, dtype=dtype, device=dev)
         counts.index_put_((structure, species), torch.ones_like(species, dtype=dtype), accumulate=True)
         return cls(
@@ -183,6 +262,7 @@ class Batch:
             torch.tensor([it.energy for it in items], dtype=dtype, device=dev),
             torch.cat([it.forces for it in items]),
             per_structure(len(it.forces) for it in items),
+            *stress_part,
         )
 
     @property
@@ -227,7 +307,7 @@ class LabelStore:
         self.ids.add(item.label_id)
         self.nbytes += item.nbytes
         self.open.append(item)
-        self._open_elements += item.jac.numel()
+        self._open_elements += item.jacobian_elements
         if self._open_elements >= CHUNK_JACOBIAN_ELEMENTS:
             self.sealed.append(Batch.of(self.open, self.n_elements))
             self.open, self._open_elements = [], 0
@@ -242,7 +322,7 @@ class LabelStore:
 
 
 class _Contract(torch.autograd.Function):
-    """out[p] = dE/dG_p . J_p for every block p: (P, F) x (P, F, 3) -> (P, 3).
+    """out[p] = dE/dG_p . J_p for every block p: (P, F) x (P, F, C) -> (P, C) (C = 3 forces, 6 stress).
 
     The same as ``einsum("pf,pfc->pc")``, with both directions written as the batched products
     that are fastest on the CPU for these shapes (autograd's own backward of the einsum went
@@ -260,15 +340,22 @@ class _Contract(torch.autograd.Function):
         return torch.bmm(jac, grad.unsqueeze(2)).squeeze(2), None
 
 
-def predict(model: BPNN, batch: Batch, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Structure energies (S,) and forces on the force rows (R, 3) from the fixed descriptors."""
+def predict(model: BPNN, batch: Batch, create_graph: bool,
+            stress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Structure energies (S,) (eV) and forces on the force rows (R, 3) (eV/Å) from the fixed
+    descriptors; with ``stress``, also the virial σ V (T, 6) (eV, Voigt, ASE's sign) of the stress
+    rows (else None)."""
     feats = batch.features.detach().requires_grad_(True)
     atomic = model.atomic_energies(feats, batch.species)
     energy = torch.zeros_like(batch.energy).index_add(0, batch.structure, atomic)
     (dE_dG,) = torch.autograd.grad(atomic.sum(), feats, create_graph=create_graph)
     contrib = _Contract.apply(dE_dG.index_select(0, batch.jac_i).to(batch.jac.dtype), batch.jac)
     forces = -torch.zeros_like(batch.forces).index_add(0, batch.jac_j, contrib.to(batch.forces.dtype))
-    return energy, forces
+    virial = None
+    if stress:
+        per_atom = _Contract.apply(dE_dG.index_select(0, batch.strain_atoms).to(batch.strain.dtype), batch.strain)
+        virial = torch.zeros_like(batch.virial).index_add(0, batch.strain_row, per_atom.to(batch.virial.dtype))
+    return energy, forces, virial
 
 
 LBFGS_ITERATIONS_PER_STEP = 10  # L-BFGS iterations per outer step (early stopping is checked between steps)
@@ -284,6 +371,7 @@ class FitSettings:
     """
 
     force_weight: float  # relative weight of mean |dF|^2 (eV/Å)^2 to mean (dE/N)^2 (eV)^2
+    stress_weight: float  # relative weight of mean |dW/N|^2 (eV)^2 (W = σ V, 3x3), labels with a stress only; 0 = off
     validation_fraction: float
     max_steps: int  # L-BFGS outer steps of up to LBFGS_ITERATIONS_PER_STEP iterations each
     patience: int  # outer steps without a validation improvement of ``min_improvement`` before stopping
@@ -315,10 +403,11 @@ def split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
 
 @dataclass
 class _Masks:
-    """Which structures of one batch are in the loss: weights 0/1 per structure and force row."""
+    """Which structures of one batch are in the loss: weights 0/1 per structure, force row and stress row."""
 
     energy: torch.Tensor  # (S,)
     force: torch.Tensor  # (R,)
+    stress: torch.Tensor  # (T,)
 
 
 @dataclass
@@ -328,18 +417,24 @@ class _Part:
     masks: list[_Masks]
     n_structures: int
     n_force_components: int
+    n_stress: int  # structures with a stress
 
     def loss(self, model: BPNN, batches: list[Batch], force_weight: float, create_graph: bool,
-             each: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+             each: Callable[[torch.Tensor], None] | None = None, stress_weight: float = 0.0) -> torch.Tensor:
         """The loss (mean over this part), chunk by chunk; ``each`` gets every chunk's term (backward)."""
         total = torch.zeros((), dtype=model.dtype, device=model.device)
         for b, m in zip(batches, self.masks, strict=True):
             if not bool(m.energy.any()):
                 continue
-            energy, forces = predict(model, b, create_graph)
+            with_stress = stress_weight > 0 and bool(m.stress.any())  # else the virial is not even computed
+            energy, forces, virial = predict(model, b, create_graph, stress=with_stress)
             e_sq = (((energy - b.energy) / b.n_atoms) ** 2 * m.energy).sum() / max(self.n_structures, 1)
             f_sq = ((forces - b.forces) ** 2).sum(1).mul(m.force).sum() / max(self.n_force_components, 1)
             term = e_sq + force_weight * f_sq
+            if with_stress:
+                per_atom = (virial - b.virial) / b.n_atoms.index_select(0, b.stress_structure).unsqueeze(1)
+                norm_sq = (per_atom**2) @ b.virial.new_tensor(VOIGT_MULTIPLICITY)
+                term = term + stress_weight * norm_sq.mul(m.stress).sum() / self.n_stress
             if each is not None:
                 each(term)
                 term = term.detach()
@@ -347,19 +442,26 @@ class _Part:
         return total
 
     def errors(self, model: BPNN, batches: list[Batch]) -> dict:
-        """Energy RMSE (meV/atom) and force RMSE (meV/Å) of this part."""
+        """Energy RMSE (meV/atom), force RMSE (meV/Å) and stress RMSE (GPa, over the nine components
+        of the 3x3 stress of the labels with a stress; None without any) of this part."""
         if not self.n_structures:
-            return {"energy_rmse_mev_per_atom": None, "force_rmse_mev_per_A": None, "n": 0}
-        se = sf = 0.0
+            return {"energy_rmse_mev_per_atom": None, "force_rmse_mev_per_A": None, "stress_rmse_GPa": None,
+                    "n": 0, "n_stress": 0}
+        se = sf = ss = 0.0
         for b, m in zip(batches, self.masks, strict=True):
             if not bool(m.energy.any()):
                 continue
-            energy, forces = predict(model, b, create_graph=False)
+            with_stress = bool(m.stress.any())
+            energy, forces, virial = predict(model, b, create_graph=False, stress=with_stress)
             se += float(((((energy.detach() - b.energy) / b.n_atoms) ** 2) * m.energy).sum())
             sf += float(((forces.detach() - b.forces) ** 2).sum(1).mul(m.force).sum())
+            if with_stress:
+                sq = ((virial.detach() - b.virial) / b.volume.unsqueeze(1)) ** 2
+                ss += float((sq @ b.virial.new_tensor(VOIGT_MULTIPLICITY)).mul(m.stress).sum())
         return {"energy_rmse_mev_per_atom": 1e3 * math.sqrt(se / self.n_structures),
                 "force_rmse_mev_per_A": 1e3 * math.sqrt(sf / max(self.n_force_components, 1)),
-                "n": self.n_structures}
+                "stress_rmse_GPa": EV_PER_A3_IN_GPA * math.sqrt(ss / (9 * self.n_stress)) if self.n_stress else None,
+                "n": self.n_structures, "n_stress": self.n_stress}
 
 
 def _parts(batches: list[Batch], label_ids: Sequence[int], fraction: float, seed: int) -> tuple[_Part, _Part]:
@@ -377,15 +479,17 @@ def _parts(batches: list[Batch], label_ids: Sequence[int], fraction: float, seed
         side[label_ids[p]] = 1
     parts = []
     for which in (0, 1):
-        masks, n_s, n_f = [], 0, 0
+        masks, n_s, n_f, n_t = [], 0, 0, 0
         for b in batches:
             e = torch.tensor([1.0 if side.get(i) == which else 0.0 for i in b.label_ids], dtype=b.energy.dtype,
                              device=b.energy.device)
             f = e.index_select(0, b.force_structure)
-            masks.append(_Masks(e, f))
+            t = e.index_select(0, b.stress_structure)
+            masks.append(_Masks(e, f, t))
             n_s += int(e.sum())
             n_f += 3 * int(f.sum())
-        parts.append(_Part(masks, n_s, n_f))
+            n_t += int(t.sum())
+        parts.append(_Part(masks, n_s, n_f, n_t))
     return parts[0], parts[1]
 
 
@@ -472,10 +576,12 @@ def fit(
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        return train.loss(model, batches, settings.force_weight, create_graph=True, each=lambda t: t.backward())
+        return train.loss(model, batches, settings.force_weight, create_graph=True, each=lambda t: t.backward(),
+                          stress_weight=settings.stress_weight)
 
     def monitor() -> float:
-        return monitor_part.loss(model, batches, settings.force_weight, create_graph=False).item()
+        return monitor_part.loss(model, batches, settings.force_weight, create_graph=False,
+                                 stress_weight=settings.stress_weight).item()
 
     best = (monitor(), {k: v.clone() for k, v in model.state_dict().items()})
     if not math.isfinite(best[0]):
@@ -513,10 +619,15 @@ def fit(
 
 
 def errors(model: BPNN, items: Sequence[Featurized]) -> dict:
-    """Energy RMSE (meV/atom) and force RMSE (meV/Å, force atoms only) on ``items``."""
+    """Energy RMSE (meV/atom), force RMSE (meV/Å, force atoms only) and stress RMSE (GPa, labels
+    with a stress; None without any) on ``items``."""
     if not items:
-        return {"energy_rmse_mev_per_atom": None, "force_rmse_mev_per_A": None, "n": 0}
+        return {"energy_rmse_mev_per_atom": None, "force_rmse_mev_per_A": None, "stress_rmse_GPa": None, "n": 0,
+                "n_stress": 0}
     batch = Batch.of(list(items), model.spec.n_elements)
-    everything = _Part([_Masks(torch.ones_like(batch.energy), torch.ones(len(batch.forces), dtype=batch.energy.dtype))],
-                       len(items), 3 * len(batch.forces))
+    dtype = batch.energy.dtype
+    dev = batch.energy.device
+    masks = _Masks(torch.ones_like(batch.energy), torch.ones(len(batch.forces), dtype=dtype, device=dev),
+                   torch.ones(len(batch.stress_structure), dtype=dtype, device=dev))
+    everything = _Part([masks], len(items), 3 * len(batch.forces), len(batch.stress_structure))
     return everything.errors(model, [batch])

@@ -19,7 +19,7 @@ import numpy as np
 
 from .codec import ProtocolError, array_from_wire, pack, unpack
 
-PROTOCOL_VERSION = 2  # 2: train_task carries its fit settings and architecture
+PROTOCOL_VERSION = 3  # 2: train_task carries its fit settings and architecture; 3: NPT (cell chains, stress)
 ROLES = ("mlmd", "dft", "trainer")  # the worker roles: hello's, the CLI's and the launcher's
 
 
@@ -53,12 +53,23 @@ _STRUCTURE = {
     "cell": Arr("f8", (3, 3)),
     "pbc": Arr("b1", (3,)),
 }
-_LABEL = {**_STRUCTURE, "label_id": int, "energy": float, "forces": Arr("f8", ("N", 3))}
+# stress: Voigt order (xx, yy, zz, yz, xz, xy), eV/Å³, ASE's sign (positive under tension); absent
+# where the reference gave none
+_STRESS = Arr("f8", (6,))
+_LABEL = {**_STRUCTURE, "label_id": int, "energy": float, "forces": Arr("f8", ("N", 3)), "stress": Opt(_STRESS)}
 # a train_task's settings, the fields of slhmc.potential.training.FitSettings and
 # slhmc.potential.network.Architecture (units there); the server fills them from its config
-_FIT = {"force_weight": float, "validation_fraction": float, "max_steps": int, "patience": int,
+_FIT = {"force_weight": float, "stress_weight": float, "validation_fraction": float, "max_steps": int, "patience": int,
         "min_improvement": float, "seed": int, "force_atoms": int, "full_force_mb": float}
 _ARCHITECTURE = {"cutoff": float, "angular_cutoff": float, "hidden": ListOf(int, max_len=64), "activation": str}
+
+_CELL_CHAIN = {
+    "mode": OneOf(("isotropic", "anisotropic")),  # slhmc.hmc.npt.CELL_MODES
+    "steps": Arr("f8", ("M", "D")),  # δ ln V (D = 1) or δθ (D = 6) per inner step
+    "uniforms": Arr("f8", ("M",)),  # the inner Metropolis uniforms
+    "temperature_K": float,
+    "pressure_eV_per_A3": float,
+}
 
 SCHEMA: dict[str, dict] = {
     "hello": {"role": OneOf(ROLES), "name": str, "pid": int, "labels_held": Opt(int)},
@@ -77,6 +88,9 @@ SCHEMA: dict[str, dict] = {
         "timestep_fs": float,
         "model_version": int,
         "model": Opt(bytes),
+        # NPT cell trial: instead of a trajectory, M Metropolis cell steps with the ML energy
+        # (slhmc.hmc.npt.inner_cell_chain); the momenta are then not used
+        "cell_chain": Opt(_CELL_CHAIN),
     },
     "md_result": {
         "task_id": int,
@@ -87,9 +101,12 @@ SCHEMA: dict[str, dict] = {
         "h_ml_drift": float,
         "model_version": int,
         "seconds": float,
+        "cell": Opt(Arr("f8", (3, 3))),  # a cell trial's end cell (Å)
+        "cell_steps_accepted": Opt(int),  # of its inner chain's steps
     },
-    "label_task": {"task_id": int, **_STRUCTURE},
-    "label_result": {"task_id": int, "energy": float, "forces": Arr("f8", ("N", 3)), "seconds": float},
+    "label_task": {"task_id": int, **_STRUCTURE, "stress": Opt(bool)},  # stress: wanted, where the code has it
+    "label_result": {"task_id": int, "energy": float, "forces": Arr("f8", ("N", 3)), "stress": Opt(_STRESS),
+                     "seconds": float},
     "labels": {"labels": ListOf(_LABEL)},
     # ``model``: the version to warm-start from, so a fit does not depend on what a (restarted)
     # trainer happens to hold, and a resumed deterministic run refits exactly as before

@@ -17,6 +17,12 @@ The parts, each in its own module:
 - the label store (:mod:`.labels`): dataset.extxyz and the labels each trainer holds;
 - the bootstrap (:mod:`.bootstrap`), and the run directory (:mod:`.outputs`).
 
+NPT (``system.pressure`` set): a trial is, with probability ``hmc.volume_probability`` drawn from
+its stream, a cell trial — the mlmd worker runs an inner chain of Metropolis cell steps with the ML
+energy, a dft worker labels its end point (when it moved), and the self-learning correction
+exp(-β[(E_ref - E_ML)' - (E_ref - E_ML)]) accepts it (:mod:`slhmc.hmc.npt`); every other trial is
+a fixed-cell HMC trial in the chain's present cell. Proposals carry their start cell.
+
 Tasks carry typed contexts (:mod:`.tasks`); the server keeps its own record of what each worker
 holds (model version, labels). A failed reference call is retried and then stops the run: it is
 never turned into a rejection. A refit still running after the last trial is not waited for (the
@@ -39,7 +45,7 @@ from ase.io import read
 from tqdm import tqdm
 
 from slhmc import hmc
-from slhmc.config import Config
+from slhmc.config import ADAPT_BLOCK, Config
 from slhmc.initial import InitialModel, load_initial_model, potential_overrides, read_initial_dataset
 from slhmc.potential.serialization import model_from_bytes
 from slhmc.protocol import structure_fields
@@ -57,6 +63,11 @@ log = logging.getLogger(__name__)
 
 class RunAborted(RuntimeError):
     pass
+
+
+# the "label" of a cell trial whose inner chain did not move: its end point is its start, whose
+# reference energy the chain holds, so no reference call is made
+UNMOVED = {"energy": None, "forces": None, "stress": None, "seconds": 0.0}
 
 
 @dataclass
@@ -80,6 +91,8 @@ class HMCServer:
         self.cfg = config
         self.files = RunFiles(out_dir, resume, config)
         start = read(config.structure_path)
+        if config.npt and config.hmc.cell == hmc.npt.ANISOTROPIC:
+            start = hmc.standard_cell(start)  # the anisotropic moves' lower-triangular cell (a rotation)
         self.template = Atoms(start.numbers, start.positions, cell=start.cell, pbc=start.pbc)
         self.masses = start.get_masses()
         self.n_atoms = len(start)
@@ -89,6 +102,8 @@ class HMCServer:
         self.endpoint = self.broker.endpoint
         self.chain = hmc.ChainState(0, 0, start.positions.copy(), np.asarray(start.cell.array).copy(), None)
         self.pipeline = Pipeline(config.workers.prefetch_path)
+        self.pressure = hmc.pressure_eV_per_A3(config.system.pressure) if config.npt else None  # eV/Å³
+        self.volume_step = hmc.VolumeStep(config.hmc.volume_step, config.hmc.volume_adapt_until, ADAPT_BLOCK)
         self.refits = RefitPolicy(config.training, config.hmc.trials, config.hmc.deterministic)
         self.store = LabelStore(self.files)
         self.bootstrap: Bootstrap | None = None
@@ -113,17 +128,19 @@ class HMCServer:
                             "is that of every model of this run)", key, ours, theirs, self.initial_model.path)
 
     # -- bookkeeping -----------------------------------------------------------------------------
-    def _atoms(self, positions: np.ndarray) -> Atoms:
+    def _atoms(self, positions: np.ndarray, cell: np.ndarray | None = None) -> Atoms:
+        """The run's atoms at ``positions`` in ``cell`` (default: the chain's present cell)."""
         a = self.template.copy()
+        a.cell = self.chain.cell if cell is None else cell
         a.positions = positions
-        a.cell = self.chain.cell
         return a
 
     def _peer(self, worker: Worker) -> Peer:
         return self.peers.setdefault(worker.worker_id, Peer())
 
-    def _add_label(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> int:
-        label_id = self.store.add(atoms, energy, forces, info)
+    def _add_label(self, atoms: Atoms, msg: dict, info: dict) -> int:
+        """A reference result ``msg`` (energy, forces, stress where given) of ``atoms`` as a label."""
+        label_id = self.store.add(atoms, msg["energy"], msg["forces"], info, msg.get("stress"))
         # trainers get new labels in chunks as they come, and all they lack just before a train task
         for worker in self.broker.workers.values():
             if worker.role == "trainer":
@@ -145,6 +162,7 @@ class HMCServer:
             "labels_since_fit": self.refits.labels_since_fit,
             "n_labels": len(self.store),
             "pending_train": refit.checkpoint_fields() if refit else None,
+            "volume_step": self.volume_step.checkpoint_fields() if self.cfg.npt else None,
         })
 
     def _restore(self, ckpt: dict) -> None:
@@ -159,6 +177,8 @@ class HMCServer:
             raise RunAborted(f"cannot resume: the checkpoint's model {self.model_version} ({path}) is missing")
         self.model_bytes = path.read_bytes()
         self.refits.labels_since_fit = ckpt["labels_since_fit"]
+        if self.cfg.npt:
+            self.volume_step.restore(ckpt["volume_step"])
         if ckpt.get("pending_train") and self.chain.trial < self.cfg.hmc.trials:  # else no trial would use it
             self._request_fit(Refit(**ckpt["pending_train"]))
         log.info("resumed at trial %d with model %d and %d labels", self.chain.trial, self.model_version,
@@ -166,8 +186,8 @@ class HMCServer:
 
     # -- requests --------------------------------------------------------------------------------
     def _request_label(self, atoms: Atoms, context: BootstrapLabel | ProposalLabel) -> Task:
-        return self.broker.submit("dft", "label_task", structure_fields(atoms), context=context,
-                                  timeout_s=self.cfg.reference.timeout)
+        return self.broker.submit("dft", "label_task", {**structure_fields(atoms), "stress": self.cfg.npt},
+                                  context=context, timeout_s=self.cfg.reference.timeout)
 
     def _request_fit(self, refit: Refit) -> None:
         def prepare(worker: Worker, fields: dict) -> Prepared:
@@ -194,25 +214,38 @@ class HMCServer:
         if self.model_bytes is None or self.chain.energy is None:
             return
         depth = max(1, self.broker.count("dft")) if self.cfg.workers.prefetch else 1
+        if self.cfg.npt:  # the adapted volume step of a trial needs the chain within one block of it
+            depth = min(depth, ADAPT_BLOCK)
         limit = min(self.cfg.hmc.trials, self.refits.speculation_limit(self.chain.trial))
         while len(self.pipeline) < depth:
             t = self.pipeline.next_trial(self.chain.trial)
-            start = self.pipeline.next_start(self.chain.positions) if t < limit else None
+            start = self.pipeline.next_start(self.chain.positions, self.chain.cell) if t < limit else None
             if start is None:
                 return
-            assume_accept, positions = start
-            draws = hmc.draw(self.cfg.hmc.seed, t, self.masses, self.temperature)
-            self._start_trajectory(Proposal(t, positions, assume_accept, draws, self.model_version))
+            assume_accept, positions, cell = start
+            if self.cfg.npt:
+                h = self.cfg.hmc
+                draws = hmc.npt_draw(h.seed, t, self.masses, self.temperature, h.volume_probability,
+                                     h.volume_inner_steps, h.cell, self.volume_step.for_trial(t))
+                self._start_trajectory(Proposal(t, positions, assume_accept, draws.hmc, self.model_version, cell,
+                                                draws if draws.cell_trial else None))
+            else:
+                draws = hmc.draw(self.cfg.hmc.seed, t, self.masses, self.temperature)
+                self._start_trajectory(Proposal(t, positions, assume_accept, draws, self.model_version, cell))
 
     def _start_trajectory(self, p: Proposal) -> None:
         fields = {
-            **structure_fields(self._atoms(p.start)),
+            **structure_fields(self._atoms(p.start, p.start_cell)),
             "masses": self.masses,
             "momenta": p.draws.momenta,
             "steps": self.cfg.hmc.md_steps,
             "timestep_fs": self.cfg.hmc.timestep,
             "model_version": p.model_version,
         }
+        if p.cell_trial is not None:
+            fields["cell_chain"] = {"mode": self.cfg.hmc.cell, "steps": p.cell_trial.cell.steps,
+                                    "uniforms": p.cell_trial.cell.uniforms, "temperature_K": self.temperature,
+                                    "pressure_eV_per_A3": self.pressure}
         version, model = self.model_version, self.model_bytes
 
         def attach_model(worker: Worker, f: dict) -> Prepared:
@@ -235,16 +268,22 @@ class HMCServer:
                 if self.bootstrap.add(index, msg):
                     self._finish_bootstrap()
             case ProposalMD(proposal=p):
-                if msg["positions"].shape != (self.n_atoms, 3) or msg["model_version"] != p.model_version:
+                if (msg["positions"].shape != (self.n_atoms, 3) or msg["model_version"] != p.model_version
+                        or (p.cell_trial is not None) != (msg.get("cell") is not None)):
                     raise RunAborted(f"mlmd result for trial {p.trial} does not match its task")
                 p.md = msg
-                if not p.dead:  # a dropped proposal's end point is not worth a reference call
-                    p.tasks.append(self._request_label(self._atoms(msg["positions"]), ProposalLabel(p)))
+                if p.cell_trial is not None and msg["cell_steps_accepted"] == 0:
+                    p.label = UNMOVED  # the proposal is the start itself: nothing to label
+                    if not p.dead:
+                        self._consume()
+                elif not p.dead:  # a dropped proposal's end point is not worth a reference call
+                    p.tasks.append(self._request_label(self._atoms(msg["positions"], self._end_cell(p)),
+                                                       ProposalLabel(p)))
             case ProposalLabel(proposal=p):
                 self._check_forces(msg)
                 p.label = msg
                 if p.dead:
-                    self._add_label(self._atoms(p.md["positions"]), msg["energy"], msg["forces"],
+                    self._add_label(self._atoms(p.md["positions"], self._end_cell(p)), msg,
                                     {"source": "speculative", "trial": p.trial})
                     self.refits.count_label(chain=False)
                 else:
@@ -254,7 +293,7 @@ class HMCServer:
         """Finish trials in chain order while their labels are in."""
         while (p := self.pipeline.pop_ready()) is not None:
             record = self._advance_chain(p)
-            for dropped in self.pipeline.settle(record["accepted"]):
+            for dropped in self.pipeline.settle(record["accepted"], same_either_way=p.label is UNMOVED):
                 for t in dropped.tasks:
                     self.broker.cancel_queued(t)
             self._maybe_refit()  # after the drop: the trials it frees can use the new model
@@ -278,7 +317,7 @@ class HMCServer:
 
     def _finish_bootstrap(self) -> None:
         for index, (atoms, msg) in enumerate(self.bootstrap.labelled()):
-            self._add_label(atoms, msg["energy"], msg["forces"], {"source": "start" if index == 0 else "bootstrap"})
+            self._add_label(atoms, msg, {"source": "start" if index == 0 else "bootstrap"})
         self.chain.energy = self.bootstrap.results[0]["energy"]
         self.bootstrap = None
         if self.initial_model is None:
@@ -299,40 +338,54 @@ class HMCServer:
         """training.initial_dataset: the first labels of a new run, in file and frame order."""
         frames = read_initial_dataset(self.cfg, set(self.template.numbers.tolist()))
         for f in frames:
-            self._add_label(f.atoms, f.energy, f.forces, {"source": "initial", "file": f.file, "frame": f.index})
+            self._add_label(f.atoms, {"energy": f.energy, "forces": f.forces, "stress": f.stress},
+                            {"source": "initial", "file": f.file, "frame": f.index})
         if frames:
             log.info("initial dataset: %d labels from %d file(s)", len(frames), len(self.cfg.training.initial_dataset))
+
+    @staticmethod
+    def _end_cell(p: Proposal) -> np.ndarray:
+        """The cell of a proposal's end point: a cell trial's new cell, else the one it started in."""
+        return p.md["cell"] if p.md.get("cell") is not None else p.start_cell
 
     def _advance_chain(self, p: Proposal) -> dict:
         """The Metropolis step of trial ``p.trial``: label it, accept or reject, move the chain.
         Returns the trial's record (written by _record_trial)."""
         t, md, msg = p.trial, p.md, p.label
-        if t != self.chain.trial or not np.array_equal(p.start, self.chain.positions):
+        if (t != self.chain.trial or not np.array_equal(p.start, self.chain.positions)
+                or not np.array_equal(p.start_cell, self.chain.cell)):
             raise RunAborted(f"internal error: proposal for trial {t} does not start from the chain state")
-        step = hmc.metropolis_step(self.chain, p.draws, md["positions"], md["momenta"], msg["energy"], self.masses,
-                                   self.temperature)
-        label_id = self._add_label(self._atoms(md["positions"]), msg["energy"], msg["forces"],
-                                   {"source": "trial", "trial": t})
-        self.refits.count_label(chain=True)
-        return {
-            "trial": t,
-            "accepted": step.accepted,
-            "delta_h": step.delta_h,
-            "e_ref": msg["energy"],
-            "e_ml": md["e_ml_end"],
-            "e_chain": self.chain.energy,
-            "model": md["model_version"],
-            "e_ref_old": step.e_old,
-            "e_ml_start": md["e_ml_start"],
-            "h_ml_drift": md["h_ml_drift"],
-            "k_old": step.k_old,
-            "k_new": step.k_new,
-            "n_atoms": self.n_atoms,
-            "label_id": label_id,
-            "mlmd_seconds": md["seconds"],
-            "dft_seconds": msg["seconds"],
-            "wall_seconds": round(time.monotonic() - self.t_start, 3),
-        }
+        label_id = None
+        if msg is not UNMOVED:
+            label_id = self._add_label(self._atoms(md["positions"], self._end_cell(p)), msg,
+                                       {"source": "trial", "trial": t})
+            self.refits.count_label(chain=True)
+        common = {"trial": t, "e_ref": msg["energy"], "e_ml": md["e_ml_end"], "model": md["model_version"],
+                  "e_ml_start": md["e_ml_start"]}
+        if p.cell_trial is None:
+            step = hmc.metropolis_step(self.chain, p.draws, md["positions"], md["momenta"], msg["energy"],
+                                       self.masses, self.temperature)
+            record = {**common, "accepted": step.accepted, "delta_h": step.delta_h, "e_chain": self.chain.energy,
+                      "e_ref_old": step.e_old, "h_ml_drift": md["h_ml_drift"], "k_old": step.k_old,
+                      "k_new": step.k_new}
+        else:
+            inner = hmc.InnerChain(md["positions"], md["cell"], md["e_ml_end"], md["cell_steps_accepted"])
+            cell = hmc.cell_step(self.chain, inner, msg["energy"], md["e_ml_start"], self.temperature,
+                                 p.draws.uniform)
+            steps = len(p.cell_trial.cell.uniforms)
+            self.volume_step.record(t, md["cell_steps_accepted"], steps)
+            record = {**common, "accepted": cell.accepted, "delta_h": None, "e_chain": self.chain.energy,
+                      "e_ref_old": cell.e_old, "h_ml_drift": None, "k_old": None, "k_new": None,
+                      "volume_proposed": cell.volume_new, "cell_steps": steps,
+                      "cell_steps_accepted": md["cell_steps_accepted"],
+                      "volume_step": self.volume_step.for_trial(t), "log_acceptance": cell.log_acceptance}
+        if self.cfg.npt:
+            record["kind"] = "position" if p.cell_trial is None else "cell"
+            record["volume"] = hmc.volume(self.chain.cell)
+            if self.cfg.hmc.cell == hmc.npt.ANISOTROPIC:
+                record["cell"] = self.chain.cell.tolist()
+        return {**record, "n_atoms": self.n_atoms, "label_id": label_id, "mlmd_seconds": md["seconds"],
+                "dft_seconds": msg["seconds"], "wall_seconds": round(time.monotonic() - self.t_start, 3)}
 
     def _record_trial(self, record: dict) -> None:
         """Outputs and checkpoint of a finished trial (after the next trajectories are under way)."""

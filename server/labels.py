@@ -17,8 +17,10 @@ LABEL_CHUNK = 100  # labels per message to the trainer
 
 def wire_label(frame: Atoms) -> dict:
     """A dataset frame as the ``labels`` message carries it."""
+    has_stress = frame.calc is not None and "stress" in frame.calc.results
     return {**structure_fields(frame), "label_id": int(frame.info["label_id"]),
-            "energy": float(frame.get_potential_energy()), "forces": frame.get_forces().astype(np.float64)}
+            "energy": float(frame.get_potential_energy()), "forces": frame.get_forces().astype(np.float64),
+            "stress": frame.get_stress(voigt=True).astype(np.float64) if has_stress else None}
 
 
 class LabelStore:
@@ -30,14 +32,15 @@ class LabelStore:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def add(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> int:
-        """Write one label (``info["source"]`` says what it is); returns its label id."""
+    def add(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict, stress: np.ndarray | None = None) -> int:
+        """Write one label (``info["source"]`` says what it is; ``stress`` Voigt, eV/Å³, where the
+        reference gave one); returns its label id."""
         label_id = len(self.labels)
         if info["source"] != "speculative":
             self.chain_ids.append(label_id)
         # the trainer gets the label exactly as dataset.extxyz holds it (8 decimals), so that a
         # resumed run, which can only read the file, trains on the very same numbers
-        stored = self.files.write_label(atoms, energy, forces, {"label_id": label_id, **info})
+        stored = self.files.write_label(atoms, energy, forces, {"label_id": label_id, **info}, stress)
         self.labels.append(wire_label(stored))
         return label_id
 

@@ -55,7 +55,8 @@ CONFIG_FORMAT = "slhmc-run-config-1"
 # (the start-only potential.initial_model and training.initial_dataset, which may be removed,
 # not changed). hmc.deterministic may change: it decides reproducibility, not exactness.
 FIXED_KEYS = ("system", "reference.calculator", "reference.options", "hmc.timestep", "hmc.md_steps", "hmc.seed",
-              "potential", "training.initial_dataset")
+              "hmc.cell", "hmc.volume_probability", "hmc.volume_inner_steps", "hmc.volume_step",
+              "hmc.volume_adapt_until", "potential", "training.initial_dataset")
 START_ONLY_KEYS = ("potential.initial_model", "training.initial_dataset")
 EXTXYZ_FLOAT_FORMAT = "%16.8f"  # ase.io.extxyz's format for per-atom float columns
 
@@ -295,20 +296,22 @@ class RunFiles:
         frame.calc = SinglePointCalculator(frame, energy=energy)
         write(self._files["chain"], frame, format="extxyz")
 
-    def write_label(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict) -> Atoms:
+    def write_label(self, atoms: Atoms, energy: float, forces: np.ndarray, info: dict,
+                    stress: np.ndarray | None = None) -> Atoms:
         """Append a label; returns it with the values a reader of the file gets back.
 
-        extxyz stores positions and forces as "%16.8f" (the energy and the cell exactly), so the
-        label is rounded the same way here, without parsing the text back (1.5 ms a label).
+        extxyz stores positions and forces as "%16.8f" (the energy, the cell and the stress (Voigt,
+        eV/Å³) exactly), so the label is rounded the same way here, without parsing the text back (1.5 ms a label).
         tests/test_outputs.py checks this equals ase.io.read of the file.
         """
         frame = atoms.copy()
         frame.info.update(info)
-        frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
+        extra = {} if stress is None else {"stress": np.asarray(stress, dtype=np.float64)}
+        frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces, **extra)
         write(self._files["dataset"], frame, format="extxyz")
         stored = frame.copy()
         stored.positions = as_stored(frame.positions)
-        stored.calc = SinglePointCalculator(stored, energy=energy, forces=as_stored(np.asarray(forces)))
+        stored.calc = SinglePointCalculator(stored, energy=energy, forces=as_stored(np.asarray(forces)), **extra)
         return stored
 
     def read_dataset(self) -> list[Atoms]:

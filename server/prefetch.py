@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from slhmc.hmc import TrialDraws
+from slhmc.hmc import NPTDraws, TrialDraws
 
 
 @dataclass(eq=False)
@@ -35,6 +35,8 @@ class Proposal:
     assumes_accept: bool | None  # assumed outcome of the previous proposal; None: starts from the chain state
     draws: TrialDraws
     model_version: int
+    start_cell: np.ndarray  # the cell it starts in (Å); NVT: always the chain's
+    cell_trial: NPTDraws | None = None  # NPT: this trial's cell-trial draws (None: a position trial)
     md: dict | None = None  # md_result
     label: dict | None = None  # label_result
     dead: bool = False  # dropped from the chain; its label (if it gets one) is speculative
@@ -77,16 +79,20 @@ class Pipeline:
         """The first trial whose trajectory has not been started (``chain_trial``: the chain's next)."""
         return self.proposals[-1].trial + 1 if self.proposals else chain_trial
 
-    def next_start(self, chain_positions: np.ndarray) -> tuple[bool | None, np.ndarray] | None:
-        """(assumed outcome of the last proposal, start positions) of the next proposal; None when it
-        must wait (it assumes acceptance and the last proposal's end point is still being integrated)."""
+    def next_start(self, chain_positions: np.ndarray,
+                   chain_cell: np.ndarray) -> tuple[bool | None, np.ndarray, np.ndarray] | None:
+        """(assumed outcome of the last proposal, start positions, start cell) of the next proposal;
+        None when it must wait (it assumes acceptance and the last proposal's end point is still
+        being computed)."""
         if not self.proposals:
-            return None, chain_positions
+            return None, chain_positions, chain_cell
         prev = self.proposals[-1]
         assume_accept = self.acceptance.assume_accept() if self.path == "auto" else self.path == "accept"
         if assume_accept and prev.md is None:
             return None
-        return assume_accept, (prev.md["positions"] if assume_accept else prev.start)
+        if not assume_accept:
+            return False, prev.start, prev.start_cell
+        return True, prev.md["positions"], prev.md["cell"] if prev.md.get("cell") is not None else prev.start_cell
 
     def append(self, proposal: Proposal) -> None:
         self.proposals.append(proposal)
@@ -97,12 +103,14 @@ class Pipeline:
             return self.proposals.pop(0)
         return None
 
-    def settle(self, accepted: bool) -> list[Proposal]:
+    def settle(self, accepted: bool, same_either_way: bool = False) -> list[Proposal]:
         """The trial before the head finished with ``accepted``: if the head assumed otherwise, it and
         everything after it leave the chain (marked dead; returned, so that their queued tasks can be
-        cancelled; running ones finish and their labels are kept as speculative)."""
+        cancelled; running ones finish and their labels are kept as speculative).
+        ``same_either_way``: that trial proposed the state itself (an NPT cell trial whose inner
+        chain did not move), so the head started from the right state whatever it assumed."""
         self.acceptance.add(accepted)
-        if not self.proposals or self.proposals[0].assumes_accept == accepted:
+        if not self.proposals or same_either_way or self.proposals[0].assumes_accept == accepted:
             return []
         dropped, self.proposals = self.proposals, []
         for p in dropped:

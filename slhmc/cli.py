@@ -201,12 +201,31 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis import analyze
     from .analysis.compare import CompareError, compare, load_source
+    from .analysis.expansion import ExpansionError, expansion_points, thermal_expansion
 
-    path = Path(args.dir)
-    if not path.is_dir():
-        what = "is not a directory (a trajectory file goes after --compare)" if path.exists() else "no such directory"
-        print(f"slhmc: analyze {args.dir}: {what}", file=sys.stderr)
-        return 2
+    for name in args.dir:
+        if not Path(name).is_dir():
+            what = ("is not a directory (a trajectory file goes after --compare)" if Path(name).exists()
+                    else "no such directory")
+            print(f"slhmc: analyze {name}: {what}", file=sys.stderr)
+            return 2
+    if len(args.dir) > 1:  # NPT runs at several temperatures: each analysed, then the thermal expansion
+        if args.compare:
+            print("slhmc: --compare takes one DIR", file=sys.stderr)
+            return 2
+        try:  # runs that give no expansion are reported before the analyses run
+            points = expansion_points(args.dir)
+        except ExpansionError as err:
+            print(f"slhmc: analyze: {err}", file=sys.stderr)
+            return 2
+        for name in args.dir:
+            status = analyze(Path(name))
+            if status:
+                return status
+            print()
+        print("\n".join(thermal_expansion(args.dir, args.out, points=points)["report"]))
+        return 0
+    path = Path(args.dir[0])
     try:  # a missing or unreadable OTHER is reported before the analysis runs
         others = [load_source(other) for other in args.compare]
     except CompareError as err:
@@ -353,9 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="s without any server before giving up (default 0: keep trying for ever)")
     worker.set_defaults(func=cmd_worker)
 
-    analyze = sub.add_parser("analyze", help="acceptance, energies and model errors of a run; phonon DOS of an md "
-                             "directory; --compare: g(r) and E_pot against other runs or trajectories (e.g. AIMD)")
-    analyze.add_argument("dir", help="a run directory (slhmc run/server --out) or an slhmc md --out directory")
+    analyze = sub.add_parser("analyze", help="acceptance, energies and model errors of a run (NPT: volume, density, "
+                             "cell); phonon DOS of an md directory; several NPT runs: thermal expansion; --compare: "
+                             "g(r) and E_pot against other runs or trajectories (e.g. AIMD)")
+    analyze.add_argument("dir", nargs="+", metavar="DIR",
+                         help="a run directory (slhmc run/server --out) or an slhmc md --out directory; several NPT "
+                         "run directories (one system at different temperatures): each is analysed, then the "
+                         "thermal expansion <V>(T), alpha_V and alpha = alpha_V/3 between consecutive temperatures "
+                         "is printed and written to expansion.json and expansion.png in --out")
+    analyze.add_argument("--out", default=".",
+                         help="where expansion.json and expansion.png go with several DIRs (default: the current "
+                         "directory)")
     analyze.add_argument("--compare", nargs="+", metavar="OTHER", default=[],
                          help="overlay g(r) per element pair and the E_pot distribution of DIR and each OTHER (a run "
                          "or md directory, or any trajectory ase.io reads; FILE@200: skips its first 200 frames), "

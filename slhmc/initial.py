@@ -42,6 +42,7 @@ class InitialFrame:
     forces: np.ndarray  # (N, 3) eV/Å
     file: str  # the path as the config gives it
     index: int  # frame index in that file
+    stress: np.ndarray | None = None  # Voigt, eV/Å³, where the frame has one
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,13 @@ def read_initial_dataset(cfg: Config, elements: set[int] | None = None) -> list[
             if foreign:
                 raise ConfigError(f"{where} holds {_symbols(foreign)}, which system.structure has not "
                                   f"(it has {_symbols(elements)})")
+            stress = None
+            if frame.calc is not None and "stress" in frame.calc.results:
+                stress = np.asarray(frame.get_stress(voigt=True), dtype=np.float64)
+                if not np.isfinite(stress).all():
+                    raise ConfigError(f"{where}: stress is not finite")
             atoms = Atoms(frame.numbers, frame.positions, cell=frame.cell, pbc=frame.pbc)
-            frames.append(InitialFrame(atoms, float(energy), forces, name, index))
+            frames.append(InitialFrame(atoms, float(energy), forces, name, index, stress))
     return frames
 
 

@@ -12,6 +12,7 @@ A run directory (``slhmc run`` / ``slhmc server --out DIR``)::
     models/model_NNNN.safetensors, models/metrics.jsonl   model versions and their fit metrics
     checkpoint.json          the state to resume from, with the byte length of each appended file
     config.json              the config the run was started with (never rewritten)
+    config.toml              the config file itself, for a run started from Python (slhmc.run)
     .slhmc.lock              held by the running server
     server.log, logs/        the server's and the workers' logs
 
@@ -47,6 +48,7 @@ METRICS = f"{MODELS}/metrics.jsonl"
 MODEL_GLOB = "model_*.safetensors"
 CHECKPOINT = "checkpoint.json"
 CONFIG_RECORD = "config.json"
+CONFIG_COPY = "config.toml"  # the config file, copied into the run directory by slhmc.run (Python)
 LOCK = ".slhmc.lock"
 SERVER_LOG = "server.log"
 WORKER_LOGS = "logs"
@@ -127,6 +129,20 @@ def read_config_record(run_dir: str | Path) -> dict | None:
     """The run's config.json, or None for a run started before runs recorded their config."""
     path = Path(run_dir) / CONFIG_RECORD
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def read_run_config(run_dir: str | Path) -> dict | None:
+    """The run's config as a dict of sections: config.json's validated config (every default filled
+    in), else the config.toml in the run directory as written (defaults absent), else None."""
+    record = read_config_record(run_dir)
+    if record is not None:
+        return record["config"]
+    path = Path(run_dir) / CONFIG_COPY
+    if not path.exists():
+        return None
+    import tomllib
+
+    return tomllib.loads(path.read_text())
 
 
 def is_md_dir(path: str | Path) -> bool:

@@ -1,7 +1,8 @@
 """``slhmc train``: fit a network on labelled frames with a config's [potential] and [training].
 
 The use: refit a bigger network, or the same one to convergence, on an SLHMC run's
-``dataset.extxyz`` (or any frames with energy and forces that ase.io reads) for production MD,
+``dataset.extxyz`` (or any frames with energy and forces that ase.io reads; a frame's stress,
+where it has one, is fitted too with ``[training] stress_weight``) for production MD,
 and benchmark the trainer. The fit is the trainer's own (``slhmc.potential.training``); only
 the [potential] and [training] sections of CONFIG are read, so a config with just those works.
 """
@@ -42,7 +43,8 @@ def read_sections(config_path: str | Path) -> tuple[PotentialConfig, TrainingCon
 
 
 def read_labels(paths: list[str | Path]) -> list[Label]:
-    """Every frame of every file, numbered in order; each must carry an energy and forces."""
+    """Every frame of every file, numbered in order; each must carry an energy and forces, and its
+    stress (eV/Å³, ASE's Voigt order and sign) is kept where it has one."""
     from ase.io import read
 
     labels: list[Label] = []
@@ -58,8 +60,13 @@ def read_labels(paths: list[str | Path]) -> list[Label]:
                 labels.append(Label.from_atoms(atoms, label_id=len(labels)))
             except Exception as err:
                 raise ValueError(f"dataset {path}, frame {k}: no energy and forces ({err})") from None
-            if not np.all(np.isfinite(labels[-1].forces)) or not np.isfinite(labels[-1].energy):
+            label = labels[-1]
+            if not np.all(np.isfinite(label.forces)) or not np.isfinite(label.energy):
                 raise ValueError(f"dataset {path}, frame {k}: energy or forces are not finite")
+            if label.stress is not None and not np.all(np.isfinite(label.stress)):
+                raise ValueError(f"dataset {path}, frame {k}: the stress is not finite")
+            if label.stress is not None and abs(np.linalg.det(label.cell)) <= 0:
+                raise ValueError(f"dataset {path}, frame {k}: a stress but no cell (zero volume)")
     if not labels:
         raise ValueError("the datasets hold no frames")
     return labels
@@ -92,6 +99,12 @@ def train_model(
     finally:
         bar.close()
     metrics["datasets"] = [str(p) for p in datasets]
+    n_stress = sum(lab.stress is not None for lab in labels)
+    if n_stress:
+        val = metrics["validation"]
+        log.info("%d of %d frames have a stress (stress_weight %g); validation stress RMSE %s GPa", n_stress,
+                 len(labels), settings.stress_weight,
+                 "n/a" if val.get("stress_rmse_GPa") is None else f"{val['stress_rmse_GPa']:.3g}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_model(out, model, {"version": 0, "metrics": metrics, "trained_by": "slhmc train"})
     log.info("model written to %s", out)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ase import units
 from ase.calculators.emt import EMT
 from ase.io import read
 
@@ -53,6 +54,16 @@ timeout = {timeout}
     return path
 
 
+def make_npt(config: Path, pressure_GPa: float = 1.0, adapt_until: int = 50, cell: str = "isotropic") -> None:
+    """Turn a write_config config into an NPT one: half the trials move the cell (3 inner steps),
+    the volume step adapted before trial ``adapt_until``."""
+    text = config.read_text()
+    text = text.replace("temperature = 300.0", f"temperature = 300.0\npressure = {pressure_GPa}", 1)
+    text = text.replace("seed = 11", f'seed = 11\ncell = "{cell}"\nvolume_probability = 0.5\n'
+                        f"volume_inner_steps = 3\nvolume_step = 0.01\nvolume_adapt_until = {adapt_until}", 1)
+    config.write_text(text)
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     e["PYTHONPATH"] = os.pathsep.join([str(TESTS), e.get("PYTHONPATH", "")])
@@ -75,15 +86,24 @@ def check_run(run: Path, trials: int, bootstrap: int) -> list[dict]:
     assert [r["trial"] for r in records] == list(range(trials))  # each trial exactly once, in order
     dataset = read(run / "dataset.extxyz", index=":")
     chain_labels = [a for a in dataset if a.info["source"] != "speculative"]  # pre-fetched, then dropped
-    assert len(chain_labels) == 1 + bootstrap + trials
+    # every trial is labelled but an NPT cell trial whose inner chain did not move (nothing new to label)
+    unmoved = [r for r in records if r.get("kind") == "cell" and r["cell_steps_accepted"] == 0]
+    assert all(r["label_id"] is None and r["e_ref"] is None and not r["accepted"] for r in unmoved)
+    assert len(chain_labels) == 1 + bootstrap + trials - len(unmoved)
     assert [a.info["label_id"] for a in dataset] == list(range(len(dataset)))
     # the energies the chain used are EMT's, recomputed here independently
-    for r in records[:: max(1, trials // 6)]:
+    labelled = [r for r in records if r["label_id"] is not None]
+    for r in labelled[:: max(1, trials // 6)]:
         atoms = dataset[r["label_id"]].copy()
         atoms.calc = EMT()
         # extxyz stores positions to 1e-8 Å, so agreement is to ~1e-8 eV, not to the last bit
         assert atoms.get_potential_energy() == pytest.approx(r["e_ref"], abs=1e-6)
-        assert r["delta_h"] == pytest.approx(r["k_new"] + r["e_ref"] - r["k_old"] - r["e_ref_old"], abs=1e-9)
+        if r.get("kind", "position") == "position":
+            assert r["delta_h"] == pytest.approx(r["k_new"] + r["e_ref"] - r["k_old"] - r["e_ref_old"], abs=1e-9)
+        else:  # the self-learning correction of a cell trial
+            kT = units.kB * json.loads((run / "config.json").read_text())["config"]["system"]["temperature"]
+            error = (r["e_ref"] - r["e_ml"]) - (r["e_ref_old"] - r["e_ml_start"])
+            assert r["log_acceptance"] == pytest.approx(-error / kT, abs=1e-9)
     # the chain state follows the accept/reject record
     e_chain = None
     for r in records:
@@ -95,6 +115,16 @@ def check_run(run: Path, trials: int, bootstrap: int) -> list[dict]:
     assert ckpt["trial"] == trials and ckpt["n_labels"] == len(dataset)
     assert (run / "models" / "model_0000.safetensors").exists()
     return records
+
+
+def run_frozen(config, run) -> list[dict]:
+    """`slhmc run` through the real processes; the trial records of a run whose network is frozen."""
+    proc = subprocess.run([*SLHMC, "run", str(config), "--out", str(run), "--no-progress"],
+                          env=env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = read_trials(run)
+    assert {t["model"] for t in trials} == {0}
+    return trials
 
 
 def stop_all(server: subprocess.Popen, workers: dict) -> None:

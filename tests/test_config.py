@@ -26,6 +26,11 @@ def test_example_config_loads_with_defaults():
         ({"potential": {"hidden": [15, 0]}}, "potential.hidden"),
         ({"potential": {"activation": "relu"}}, "potential.activation"),
         ({"colour": {}}, "colour"),
+        ({"system": {"pressure": "high"}}, "system.pressure"),
+        ({"hmc": {"cell": "cubic"}}, "hmc.cell"),
+        ({"hmc": {"volume_probability": 1.0}}, "hmc.volume_probability"),
+        ({"hmc": {"volume_step": 0.0}}, "hmc.volume_step"),
+        ({"training": {"stress_weight": -1.0}}, "training.stress_weight"),
     ],
 )
 def test_bad_values_name_their_key(patch, key, tmp_path):
@@ -79,3 +84,24 @@ def test_trainer_settings_come_from_the_config_and_travel_in_the_train_task():
                        **cfg.train_task_fields()))
     assert task["fit"] == dataclasses.asdict(fit)
     assert type(arch)(**task["architecture"]) == arch and type(fit)(**task["fit"]) == fit
+
+
+def test_npt_needs_a_periodic_right_handed_structure_and_at_most_20_dft_workers_while_adapting(tmp_path):
+    from ase import Atoms
+    from ase.io import write
+
+    write(tmp_path / "molecule.xyz", Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]]))
+    cfg = from_dict({"system": {"structure": "molecule.xyz", "temperature": 300.0, "pressure": 1.0}},
+                    base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="system.pressure: NPT needs a structure periodic"):
+        check_inputs(cfg)
+    write(tmp_path / "left.xyz", Atoms("Cu", cell=[[0, 3, 0], [3, 0, 0], [0, 0, 3]], pbc=True))
+    cfg = from_dict({"system": {"structure": "left.xyz", "temperature": 300.0, "pressure": 1.0},
+                     "hmc": {"cell": "anisotropic"}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="left-handed"):
+        check_inputs(cfg)
+    npt = {"system": {"structure": "x.xyz", "temperature": 300.0, "pressure": 0.0}}
+    with pytest.raises(ConfigError, match="volume_adapt_until"):
+        from_dict({**npt, "workers": {"dft": 21}})
+    assert from_dict({**npt, "workers": {"dft": 21}, "hmc": {"volume_adapt_until": 0}}).npt
+    assert not from_dict({"system": {"structure": "x.xyz", "temperature": 300.0}}).npt

@@ -20,8 +20,6 @@ autocorrelation time; |z| < 4 passes (a false alarm about once in 16000 per comp
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -35,21 +33,11 @@ from slhmc import hmc
 from slhmc.statistics import estimate
 from slhmc.validation import plain_hmc
 
-from .runs import env
+from .runs import run_frozen
 
 MORSE = {"epsilon": 1.0, "r0": 2.2, "rho0": 6.0}  # eV, Å; well depth 1 eV, curvature 15 eV/Å²
 T_DIMER = 1000.0  # K: kT = 0.086 eV, bond-length spread ~0.08 Å, dissociation ~never within a run
 Z_PASS = 4.0
-
-
-def run_frozen(config, run) -> list[dict]:
-    """`slhmc run` through the real processes; the trial records of a run whose network is frozen."""
-    proc = subprocess.run([sys.executable, "-m", "slhmc", "run", str(config), "--out", str(run), "--no-progress"],
-                          env=env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = [json.loads(x) for x in (run / "trials.jsonl").read_text().splitlines()]
-    assert {t["model"] for t in trials} == {0}
-    return trials
 
 
 def exact_bond_moments(temperature_K: float) -> tuple[float, float]:

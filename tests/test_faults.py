@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 
+import pytest
 import zmq
 from ase.io import read
 
@@ -21,6 +22,7 @@ from .runs import (
     check_run,
     env,
     free_port,
+    make_npt,
     read_trials,
     start_server,
     start_worker,
@@ -34,9 +36,12 @@ from .runs import (
 )
 
 
-def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path):
+@pytest.mark.parametrize("npt", [False, True], ids=["nvt", "npt"])
+def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path, npt):
     # no early stopping: every fit runs its 40 steps (seconds), so the kill lands while model 2 is fitted
     config = write_config(tmp_path, trials=40, interval=10, max_steps=40, patience=40, timeout=2.0)
+    if npt:  # the killed mlmd worker may be in a cell trial's inner chain
+        make_npt(config, adapt_until=0)
     # deterministic: the chain waits for model 2, so the replacement trainer must fit it (a run that
     # does not wait would abandon a refit still running after its last trial)
     config.write_text(config.read_text().replace("seed = 11", "seed = 11\ndeterministic = true"))
@@ -66,11 +71,14 @@ def test_killed_mlmd_and_trainer_are_replaced_and_nothing_is_lost(tmp_path):
     assert [m["version"] for m in metrics] == versions  # each version once, none lost or doubled
 
 
-def test_killed_server_resumes_and_deterministic_chain_is_identical(tmp_path):
+@pytest.mark.parametrize("npt", [False, True], ids=["nvt", "npt"])
+def test_killed_server_resumes_and_deterministic_chain_is_identical(tmp_path, npt):
     """SIGKILL the server mid-run, start it again with --resume on the same address: the workers
     reconnect by themselves, and with hmc.deterministic the chain, refits included, is the same
-    trial for trial as an uninterrupted run's."""
+    trial for trial as an uninterrupted run's (NPT: the cells and the adapted volume step too)."""
     config = write_config(tmp_path, trials=30, interval=8, timeout=2.0)
+    if npt:
+        make_npt(config, pressure_GPa=2.0, adapt_until=30)
     config.write_text(config.read_text().replace("seed = 11", "seed = 11\ndeterministic = true"))
     reference = tmp_path / "reference"
     proc = subprocess.run([*SLHMC, "run", str(config), "--out", str(reference), "--no-progress"], env=env(),

@@ -12,6 +12,9 @@
    sampler; with the (N + 1) ln V term dropped the comparison fails; ⟨V⟩ falls with pressure; and
    the reference-only chain obeys the virial identity ⟨V (P_conf − P)⟩ = −(N + 1) k_BT, which
    depends on no sampler code (the dropped term fails it). About three minutes on one core.
+4. The same comparison through the real server and workers (`slhmc run`: ML-MD worker, EMT DFT
+   workers, a trainer; a network fitted on a few bootstrap labels and then frozen), at 0 GPa with
+   one DFT worker and at 5 GPa with two pre-fetching ones.
 
 Agreement is judged as in ``test_exactness.py``: z = difference / error with τ-corrected error
 bars (:func:`slhmc.statistics.estimate`); |z| < 4 passes.
@@ -27,11 +30,14 @@ from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
+from ase.io import write
 
 from slhmc import hmc
 from slhmc.hmc import npt
 from slhmc.statistics import estimate
 from slhmc.validation import StrainedEMT, plain_npt
+
+from .runs import run_frozen
 
 Z_PASS = 4.0
 
@@ -360,3 +366,53 @@ def test_reference_sampler_obeys_the_virial_identity(reference_runs, pressure_GP
     z = z_score(d, 0.0)
     print(f"virial identity at {pressure_GPa} GPa: <V(P_conf - P)> + (N+1) kT = {d.mean():.3f} eV, z {z:.1f}")
     assert abs(z) < Z_PASS
+
+
+NPT_CONFIG = """
+[system]
+structure = "cu32.xyz"
+temperature = {temperature}
+pressure = {pressure}
+[reference]
+calculator = "emt"
+[hmc]
+trials = {trials}
+md_steps = {md_steps}
+timestep = {timestep_fs}
+seed = {seed}
+volume_probability = 0.7
+volume_inner_steps = 3
+volume_step = {volume_step}
+volume_adapt_until = 0
+[potential]
+cutoff = 4.5
+hidden = [8]
+[training]
+bootstrap = 6
+bootstrap_displacement = 0.1
+bootstrap_strain = 0.02
+interval = 0
+max_steps = 5
+[workers]
+dft = {dft}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pressure_GPa, dft", [(0.0, 1), (5.0, 2)])
+def test_copper_volume_through_the_server_matches_the_reference_sampler(tmp_path, reference_runs, pressure_GPa, dft):
+    """`slhmc run` in NPT with a poor frozen network (6 bootstrap labels, 5 L-BFGS steps): ⟨V⟩ and
+    var(V) equal the reference-only sampler's."""
+    write(tmp_path / "cu32.xyz", copper())
+    (tmp_path / "config.toml").write_text(NPT_CONFIG.format(temperature=T_CU, pressure=pressure_GPa, trials=2000,
+                                                            seed=5, dft=dft, **SAMPLER))
+    trials = run_frozen(tmp_path / "config.toml", tmp_path / "run")
+    cell = [t for t in trials if t["kind"] == "cell"]
+    position = [t for t in trials if t["kind"] == "position"]
+    moved = [t for t in cell if t["cell_steps_accepted"] > 0]
+    acceptance = np.mean([t["accepted"] for t in moved])
+    print(f"server NPT at {pressure_GPa} GPa, {dft} DFT worker(s): acceptance of moved cell trials "
+          f"{acceptance:.2f}, position trials {np.mean([t['accepted'] for t in position]):.2f}")
+    assert acceptance < 0.97, "the network is too good for this test to show the correction at work"
+    z = compare(volumes(trials), volumes(reference_runs[pressure_GPa]), f"server Cu32 {pressure_GPa} GPa")
+    assert abs(z["mean"]) < Z_PASS and abs(z["variance"]) < Z_PASS

@@ -7,11 +7,12 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 from ase.io import read
 
 from slhmc.server.prefetch import trials_per_round
 
-from .runs import SLHMC, env, read_trials, without_timings, write_config
+from .runs import SLHMC, env, make_npt, read_trials, without_timings, write_config
 
 
 def strip_ids(records: list[dict]) -> list[dict]:
@@ -25,12 +26,18 @@ def test_trials_per_round_bound():
     assert trials_per_round(0.2, 3) == trials_per_round(0.8, 3)  # the reject path mirrors it
 
 
-def test_deterministic_chain_is_identical_for_1_2_3_dft_workers(tmp_path):
+@pytest.mark.parametrize("npt", [False, True], ids=["nvt", "npt"])
+def test_deterministic_chain_is_identical_for_1_2_3_dft_workers(tmp_path, npt):
+    """NPT: cell trials with inner chains among the position trials, and the volume step adapted in
+    blocks (it changes at trial 40, from the trials of block 0), the same trial for trial."""
     runs = {}
     for k in (1, 2, 3):
         (tmp_path / f"k{k}").mkdir()
-        config = write_config(tmp_path / f"k{k}", trials=40, dft=k, calculator="slhmc.validation:delayed_emt",
+        config = write_config(tmp_path / f"k{k}", trials=50 if npt else 40, dft=k,
+                              calculator="slhmc.validation:delayed_emt",
                               options="[reference.options]\ndelay_s = 0.05", interval=10, bootstrap=4)
+        if npt:
+            make_npt(config, adapt_until=50)
         text = config.read_text().replace("seed = 11", "seed = 11\ndeterministic = true")
         text = text.replace("timestep = 2.0", "timestep = 6.0").replace("temperature = 300.0", "temperature = 600.0")
         config.write_text(text)
@@ -41,6 +48,10 @@ def test_deterministic_chain_is_identical_for_1_2_3_dft_workers(tmp_path):
         runs[k] = run
     records = {k: read_trials(run) for k, run in runs.items()}
     acceptance = np.mean([r["accepted"] for r in records[1]])
+    if npt:
+        cell = [r for r in records[1] if r["kind"] == "cell"]
+        assert len(cell) > 10 and len({r["volume_step"] for r in cell}) > 1  # adapted, and the same in every run
+        assert len({r["volume"] for r in records[1]}) > 5
     assert 0.2 < acceptance < 0.95  # rejections happen, so speculation is both right and wrong
     sources = {k: [a.info["source"] for a in read(run / "dataset.extxyz", index=":")] for k, run in runs.items()}
     assert "speculative" not in sources[1] and "speculative" in sources[3]

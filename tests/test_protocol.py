@@ -32,8 +32,8 @@ def md_task(n: int = 4, **over) -> dict:
     return fields
 
 
-FIT = {"force_weight": 0.1, "validation_fraction": 0.1, "max_steps": 60, "patience": 3, "min_improvement": 0.005,
-       "seed": 7, "force_atoms": 16, "full_force_mb": 512.0}
+FIT = {"force_weight": 0.1, "stress_weight": 0.001, "validation_fraction": 0.1, "max_steps": 60, "patience": 3,
+       "min_improvement": 0.005, "seed": 7, "force_atoms": 16, "full_force_mb": 512.0}
 ARCHITECTURE = {"cutoff": 6.0, "angular_cutoff": 4.5, "hidden": [15, 15], "activation": "tanh"}
 
 

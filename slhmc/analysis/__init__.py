@@ -1,12 +1,15 @@
 """``slhmc analyze DIR``: what a run sampled and how efficiently, from its outputs (also while it runs).
 
 DIR is either a run directory (:mod:`slhmc.analysis.chain`: acceptance, ⟨E_pot⟩ with its error
-bar, the ML error of the proposals and of the trajectories' ΔE per model version) or an
-``slhmc md`` directory (:mod:`slhmc.analysis.md`: phonon DOS, extrapolation). Both also get the
-radial distribution and mean square displacement (:mod:`slhmc.analysis.structure`) and PNG plots
+bar, the ML error of the proposals and of the trajectories' ΔE per model version; for an NPT run
+also ⟨V⟩, ⟨ρ⟩, var(V) and the cell, :mod:`slhmc.analysis.npt`) or an ``slhmc md`` directory
+(:mod:`slhmc.analysis.md`: phonon DOS, extrapolation). Both also get the radial distribution
+and mean square displacement (:mod:`slhmc.analysis.structure`) and PNG plots
 (:mod:`slhmc.analysis.plots`); the files are read through :mod:`slhmc.rundir`, the error bars
 come from :mod:`slhmc.statistics`. :mod:`slhmc.analysis.compare` (``--compare``) sets g(r) and the
 E_pot distribution of several runs, md directories or trajectory files (AIMD) side by side.
+:mod:`slhmc.analysis.expansion` (``slhmc analyze RUN RUN ...``) gives the thermal expansion of NPT
+runs at several temperatures.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from pathlib import Path
 from slhmc.rundir import SUMMARY, is_md_dir
 
 from .chain import analyze_run
+from .expansion import ExpansionError, thermal_expansion
 from .md import analyze_md
 
-__all__ = ["analyze", "analyze_md", "analyze_run", "summarize_dir"]
+__all__ = ["ExpansionError", "analyze", "analyze_md", "analyze_run", "summarize_dir", "thermal_expansion"]
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,14 @@ into the run directory and prints a short table:
 - per model version, the error of the trajectory's energy change, ΔE_ML − ΔE_ref between its
   start and end point (meV/atom and kT for the whole cell: this, not the error of E itself, is
   what the Metropolis test sees), and the acceptance it predicts, beside the observed one;
-- radial distribution function per element pair and mean square displacement of the chain.
+- radial distribution function per element pair and mean square displacement of the chain;
+- for an NPT run (``[system] pressure`` set), the ``npt`` block of :mod:`slhmc.analysis.npt`:
+  ⟨V⟩, ⟨ρ⟩, var(V), lattice parameters, acceptance of position and cell trials, and the volume
+  plots. Its averages (and ⟨E_pot⟩ and g(r)) leave out the trials before ``[hmc]
+  volume_adapt_until`` or the first 1/10 of the run, whichever is more.
+
+Cell trials of an NPT run whose inner chain did not move have no reference energy (``e_ref``
+null): they count in the acceptance, not in the ML errors.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from slhmc.rundir import CHAIN, DATASET, RDF, SUMMARY, read_config_record, read_
 from slhmc.statistics import estimate
 
 from . import plots as plotting
+from .npt import NptSettings, adaptation_cut, equilibrated_frames, npt_settings, npt_statistics, report_lines
 from .structure import msd, rdf
 
 WINDOW = 50  # trials in the sliding acceptance window
@@ -49,7 +57,7 @@ def run_temperature(run_dir: str | Path, trials: list[dict]) -> tuple[float | No
     record = read_config_record(run_dir)
     if record is not None:
         return float(record["config"]["system"]["temperature"]), "config.json"
-    k_old = [t["k_old"] / t["n_atoms"] for t in trials if "k_old" in t]
+    k_old = [t["k_old"] / t["n_atoms"] for t in trials if t.get("k_old") is not None]  # null for cell trials
     if not k_old:
         return None, "unknown (no config.json, no k_old)"
     temperature = 2.0 * float(np.mean(k_old)) / (3.0 * units.kB)
@@ -66,8 +74,15 @@ def delta_e_statistics(trials: list[dict], temperature_K: float | None) -> dict:
     network's ΔE error alone allows. ``acceptance_expected`` is the mean of min(1, exp(−ΔH/kT))
     over the recorded ΔH (drift included): the observed acceptance without the coin-flip noise.
     Empty for trials recorded without the ΔE fields; the kT entries are None without a temperature.
+
+    NPT cell trials count where they were labelled (``e_ref`` not null); the test of a cell trial
+    is exactly min(1, exp(err/kT)) (its inner chain samples the ML ensemble exactly), which is what
+    ``acceptance_expected`` takes for them.
     """
     if not trials or any(k not in t for t in trials for k in DELTA_E_FIELDS):
+        return {}
+    trials = [t for t in trials if t["e_ref"] is not None]  # a cell trial whose inner chain did not move
+    if not trials:
         return {}
     err = np.array([(t["e_ml"] - t["e_ml_start"]) - (t["e_ref"] - t["e_ref_old"]) for t in trials])  # eV
     n_atoms = np.array([t["n_atoms"] for t in trials], dtype=float)
@@ -77,7 +92,10 @@ def delta_e_statistics(trials: list[dict], temperature_K: float | None) -> dict:
                  "acceptance_predicted": None, "acceptance_expected": None}
     if temperature_K:
         kT = units.kB * temperature_K  # eV
-        delta_h = np.array([t["delta_h"] for t in trials]) if all("delta_h" in t for t in trials) else None
+        cell = np.array([t.get("kind") == "cell" for t in trials])
+        delta_h = None
+        if all("delta_h" in t for t, c in zip(trials, cell, strict=True) if not c):
+            delta_h = np.array([-e if c else t["delta_h"] for t, e, c in zip(trials, err, cell, strict=True)])
         out.update({
             "delta_e_error_rms_kT": float(np.sqrt(np.mean(err**2)) / kT),
             "delta_e_error_mean_kT": float(np.mean(err) / kT),
@@ -89,33 +107,43 @@ def delta_e_statistics(trials: list[dict], temperature_K: float | None) -> dict:
 
 def per_model(trials: list[dict], temperature_K: float | None = None) -> dict[str, dict]:
     """Per model version (the key, as a string): trials, acceptance, rms and std of
-    E_ref − E_ML of the proposals (meV/atom) and :func:`delta_e_statistics`."""
+    E_ref − E_ML of the proposals (meV/atom; None where no proposal of the version was labelled)
+    and :func:`delta_e_statistics`."""
     groups: dict[int, list[dict]] = {}
     for t in trials:
         groups.setdefault(t["model"], []).append(t)
     out = {}
     for version, ts in sorted(groups.items()):
-        err = np.array([(t["e_ref"] - t["e_ml"]) / t["n_atoms"] for t in ts])
+        err = np.array([(t["e_ref"] - t["e_ml"]) / t["n_atoms"] for t in ts if t["e_ref"] is not None])
         out[str(version)] = {
             "trials": len(ts),
             "acceptance": float(np.mean([t["accepted"] for t in ts])),
-            "ml_error_rms_mev_per_atom": 1e3 * float(np.sqrt(np.mean(err**2))),
+            "ml_error_rms_mev_per_atom": 1e3 * float(np.sqrt(np.mean(err**2))) if len(err) else None,
             # the offset of E_ML cancels in the dynamics; the spread is what drives acceptance
-            "ml_error_std_mev_per_atom": 1e3 * float(np.std(err)),
+            "ml_error_std_mev_per_atom": 1e3 * float(np.std(err)) if len(err) else None,
             **delta_e_statistics(ts, temperature_K),
         }
     return out
 
 
-def summarize(trials: list[dict], n_reference_calls: int | None = None, temperature_K: float | None = None) -> dict:
-    """What summary.json holds (without ``plots``, ``msd_final_A2``, ``temperature_source``).
+def discarded_trials(trials: list[dict], npt: NptSettings | None = None) -> int:
+    """How many of the first trials are equilibration: 1/:data:`BURN_IN_DIVISOR` of the run; for an
+    NPT run at least those before ``volume_adapt_until`` (the volume step was being adapted)."""
+    burn = len(trials) // BURN_IN_DIVISOR
+    return burn if npt is None else max(burn, adaptation_cut(trials, npt))
 
-    ``temperature_K``: the run's, for the ΔE error in kT and the predicted acceptance.
+
+def summarize(trials: list[dict], n_reference_calls: int | None = None, temperature_K: float | None = None,
+              discard: int | None = None) -> dict:
+    """What summary.json holds (without ``plots``, ``msd_final_A2``, ``temperature_source``, ``npt``).
+
+    ``temperature_K``: the run's, for the ΔE error in kT and the predicted acceptance;
+    ``discard``: the equilibration trials left out of ⟨E_pot⟩ (default: :func:`discarded_trials`).
     """
     n = len(trials)
     accepted = np.array([bool(t["accepted"]) for t in trials], dtype=float)
     e_chain = np.array([t["e_chain"] / t["n_atoms"] for t in trials])
-    burn = n // BURN_IN_DIVISOR
+    burn = discarded_trials(trials) if discard is None else discard
     e = estimate(e_chain[burn:]) if n - burn > 1 else None
     half = accepted[n // 2 :]
     summary = {
@@ -178,9 +206,16 @@ def report(run_dir: Path, summary: dict) -> list[str]:
         lines.append(f"<E_pot> = {e['mean']:.6f} ± {e['error']:.6f} eV/atom, tau {e['tau_trials']:.1f} trials, "
                      f"{e['n_effective']:.0f} effective samples"
                      + ("" if per_call is None else f", {per_call:.3f} per reference call"))
-        lines.append(f"burn-in: the first {e['discarded_trials']} of {summary['trials']} trials (1/{BURN_IN_DIVISOR} "
-                     f"of the run) are discarded from <E_pot> and g(r), as the chain's equilibration from the start "
-                     f"structure")
+        if "npt" not in summary:
+            lines.append(f"burn-in: the first {e['discarded_trials']} of {summary['trials']} trials (1/"
+                         f"{BURN_IN_DIVISOR} of the run) are discarded from <E_pot> and g(r), as the chain's "
+                         f"equilibration from the start structure")
+    if "npt" in summary:
+        npt = summary["npt"]
+        lines.append(f"burn-in: the first {npt['discarded_trials']} of {summary['trials']} trials (those before "
+                     f"volume_adapt_until = {npt['volume_adapt_until']}, while the volume step was adapted, or 1/"
+                     f"{BURN_IN_DIVISOR} of the run, whichever is more) are discarded from <E_pot>, <V> and g(r)")
+        lines += report_lines(npt)
     lines += model_table(summary)
     if summary["plots"]:
         lines.append("plots: " + ", ".join(str(run_dir / p) for p in summary["plots"]))
@@ -198,15 +233,23 @@ def analyze_run(run_dir: str | Path, plots: bool = True) -> int:
     dataset = read_frames(run_dir / DATASET)
     chain = read_frames(run_dir / CHAIN)
     temperature, temperature_source = run_temperature(run_dir, trials)
-    summary = summarize(trials, len(dataset) or None, temperature)
+    npt = npt_settings(run_dir, trials)
+    discard = discarded_trials(trials, npt)
+    summary = summarize(trials, len(dataset) or None, temperature, discard)
     summary["temperature_source"] = temperature_source
-    equilibrated = chain[len(chain) // BURN_IN_DIVISOR :]
+    if npt is None:
+        equilibrated = chain[len(chain) // BURN_IN_DIVISOR :]
+    else:
+        summary["npt"] = npt_statistics(trials, npt, discard, temperature, chain)
+        equilibrated = equilibrated_frames(chain, trials, discard)
     rdf_data = rdf(equilibrated[:: max(1, len(equilibrated) // RDF_FRAMES)])
     msd_data = msd(chain)
     summary["msd_final_A2"] = float(msd_data[-1]) if len(msd_data) else None
     if plots:
         accepted = np.array([bool(t["accepted"]) for t in trials], dtype=float)
         summary["plots"] = plotting.plot_run(run_dir, trials, summary, sliding_acceptance(accepted), rdf_data, msd_data)
+        if npt is not None:
+            summary["plots"] += plotting.plot_npt(run_dir, trials, summary["npt"], chain)
     else:
         summary["plots"] = []
     (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))

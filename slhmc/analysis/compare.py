@@ -8,7 +8,8 @@ OTHER the largest difference from DIR of each observable in units of its combine
 What is read from each source:
 
 - a run directory: the chain states (chain.extxyz) and their reference energies (``e_chain`` of
-  trials.jsonl), after the same burn-in ``slhmc analyze`` discards (the first 1/10);
+  trials.jsonl), after the same burn-in ``slhmc analyze`` discards (the first 1/10; of an NPT run
+  at least the trials before ``[hmc] volume_adapt_until``);
 - an ``slhmc md`` directory: every repeat's frames and the network's E_pot (energies.csv);
 - any other path: a trajectory file ase.io reads (an AIMD run: VASP's OUTCAR or vasprun.xml, an
   ASE .traj, extxyz, ...); g(r) from its positions, E_pot from the energies stored with the frames
@@ -47,7 +48,8 @@ from slhmc.rundir import (
 from slhmc.statistics import estimate, mean_and_error
 
 from . import plots as plotting
-from .chain import BURN_IN_DIVISOR
+from .chain import BURN_IN_DIVISOR, discarded_trials
+from .npt import equilibrated_frames, npt_settings
 from .structure import rdf_per_frame
 
 MAX_FRAMES = 1000  # g(r) of at most about this many frames per source (evenly spaced): plenty, and fast
@@ -109,7 +111,14 @@ def load_source(spec: str) -> Source:
             chain = read_frames(path / CHAIN)
             if len(trials) < 2 or len(chain) < 2:
                 raise CompareError(f"{spec}: the run has fewer than 2 finished trials")
-            burn, burn_frames = len(trials) // BURN_IN_DIVISOR, len(chain) // BURN_IN_DIVISOR
+            npt = npt_settings(path, trials)
+            if npt is None:
+                burn, burn_frames = len(trials) // BURN_IN_DIVISOR, len(chain) // BURN_IN_DIVISOR
+            else:
+                burn = discarded_trials(trials, npt)
+                burn_frames = len(chain) - len(equilibrated_frames(chain, trials, burn))
+            if burn >= len(trials) - 1 or burn_frames >= len(chain) - 1:
+                raise CompareError(f"{spec}: all {len(trials)} trials so far are equilibration")
             e_pot = np.array([t["e_chain"] / t["n_atoms"] for t in trials[burn:]])
             return Source(spec, "run", chain[burn_frames:], e_pot,
                           f"SLHMC run, {len(chain) - burn_frames} chain states after a burn-in of {burn_frames}; "

@@ -1,7 +1,8 @@
 """Every plot of ``slhmc analyze``: matplotlib (Agg backend, files only), PNG at 120 dpi.
 
 A run directory gets acceptance.png, energy.png, ml_error.png, delta_e_error.png (when the trials
-record the ΔE fields), rdf.png and msd.png; an ``slhmc md`` directory gets dos.png, rdf.png and
+record the ΔE fields), rdf.png and msd.png, and an NPT run also volume.png, volume_histogram.png
+and (when the cells are known) lattice.png; an ``slhmc md`` directory gets dos.png, rdf.png and
 msd.png; ``slhmc analyze --compare`` adds compare_rdf.png and compare_epot.png.
 Each function takes numbers already computed (by slhmc.analysis.chain / .md) and returns the
 names of the files it wrote.
@@ -13,10 +14,18 @@ from pathlib import Path
 
 import numpy as np
 from ase import units
+from ase.geometry import cell_to_cellpar
 
 from slhmc.spectra import EV_PER_THZ
 
+from .npt import lattice_series
+
 DPI = 120
+
+
+def _floats(values) -> np.ndarray:
+    """Values with None (nothing to show) as NaN, which matplotlib leaves out."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 def _pyplot():
@@ -74,7 +83,8 @@ def plot_run(run_dir: Path, trials: list[dict], summary: dict, sliding: np.ndarr
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     per_atom = np.array([t["n_atoms"] for t in trials])
-    ax.plot(idx, np.array([t["e_ref"] for t in trials]) / per_atom, ".", ms=2, alpha=0.4, label="proposals (reference)")
+    # NPT: a cell trial whose inner chain did not move has no reference energy (NaN: not drawn)
+    ax.plot(idx, _floats(t["e_ref"] for t in trials) / per_atom, ".", ms=2, alpha=0.4, label="proposals (reference)")
     ax.plot(idx, np.array([t["e_chain"] for t in trials]) / per_atom, lw=1, label="chain state")
     e = summary["e_pot_eV_per_atom"]
     if e:
@@ -89,8 +99,8 @@ def plot_run(run_dir: Path, trials: list[dict], summary: dict, sliding: np.ndarr
     fig, ax = plt.subplots(figsize=(5, 3.5))
     models_summary = summary["models"]
     versions = [int(v) for v in models_summary]
-    ax.plot(versions, [m["ml_error_rms_mev_per_atom"] for m in models_summary.values()], "o-", label="rms")
-    ax.plot(versions, [m["ml_error_std_mev_per_atom"] for m in models_summary.values()], "s--",
+    ax.plot(versions, _floats(m["ml_error_rms_mev_per_atom"] for m in models_summary.values()), "o-", label="rms")
+    ax.plot(versions, _floats(m["ml_error_std_mev_per_atom"] for m in models_summary.values()), "s--",
             label="std (offset removed)")
     ax.set_yscale("log")
     ax.set(xlabel="model version", ylabel="|E_ref − E_ML| (meV/atom)", title="ML error of the proposals")
@@ -100,7 +110,8 @@ def plot_run(run_dir: Path, trials: list[dict], summary: dict, sliding: np.ndarr
 
     if summary.get("delta_e"):
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-        left.plot(versions, [m["delta_e_error_rms_mev_per_atom"] for m in models_summary.values()], "o-", color="C0")
+        left.plot(versions, _floats(m.get("delta_e_error_rms_mev_per_atom") for m in models_summary.values()), "o-",
+                  color="C0")
         left.set(xlabel="model version", ylabel="rms (ΔE_ML − ΔE_ref) (meV/atom)",
                  title="Error of the trajectories' ΔE")
         left.set_xticks(versions)
@@ -111,9 +122,9 @@ def plot_run(run_dir: Path, trials: list[dict], summary: dict, sliding: np.ndarr
             top.set_ylabel("rms (ΔE_ML − ΔE_ref) (kT, whole cell)")
         right.plot(versions, [m["acceptance"] for m in models_summary.values()], "o-", label="observed")
         if summary["temperature_K"]:
-            right.plot(versions, [m["acceptance_predicted"] for m in models_summary.values()], "s--",
+            right.plot(versions, _floats(m.get("acceptance_predicted") for m in models_summary.values()), "s--",
                        label="predicted from the ΔE error")
-            right.plot(versions, [m["acceptance_expected"] for m in models_summary.values()], "^:",
+            right.plot(versions, _floats(m.get("acceptance_expected") for m in models_summary.values()), "^:",
                        label="mean min(1, exp(−ΔH/kT))")
         right.set(xlabel="model version", ylabel="acceptance", ylim=(-0.02, 1.02), title="Acceptance per model")
         right.set_xticks(versions)
@@ -131,6 +142,110 @@ def plot_run(run_dir: Path, trials: list[dict], summary: dict, sliding: np.ndarr
         ax.set(xlabel="trial", ylabel="MSD (Å²)", title="Mean square displacement of the chain")
         finish(fig, "msd.png")
     return written
+
+
+def plot_npt(run_dir: Path, trials: list[dict], npt: dict, frames: list) -> list[str]:
+    """The volume plots of an NPT run: volume.png, the chain's volume (Å³) over the trials with the
+    proposed volumes of the cell trials, ⟨V⟩ ± its error and the equilibration cut shaded;
+    volume_histogram.png, the distribution of the equilibrated volumes with the normal density of
+    the same mean and variance; lattice.png, a, b, c (Å) and the angles (degrees) over the trials
+    (the records' ``cell``, else the chain frames').
+    ``npt``: slhmc.analysis.npt.npt_statistics's block."""
+    plt = _pyplot()
+    written = []
+    idx = np.array([t["trial"] for t in trials])
+    volume = np.array([t["volume"] for t in trials], dtype=float)
+    cut = npt["discarded_trials"]
+    v = npt["volume_A3"]
+
+    def shade(ax) -> None:
+        if cut:
+            ax.axvspan(idx[0] - 0.5, idx[min(cut, len(idx) - 1)] - 0.5, color="0.85", zorder=0,
+                       label=f"equilibration: {cut} trials, not averaged")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    cell = [k for k, t in enumerate(trials) if t.get("kind") == "cell" and t.get("volume_proposed") is not None]
+    if cell:
+        ax.plot(idx[cell], [trials[k]["volume_proposed"] for k in cell], ".", ms=3, alpha=0.5, color="C1",
+                label="proposed by cell trials")
+    ax.plot(idx, volume, lw=1, color="C0", label="chain state")
+    if v is not None:
+        ax.axhline(v["mean"], color="k", ls="--", lw=0.8, label=f"⟨V⟩ = {v['mean']:.2f} ± {v['error']:.2f} Å³")
+    if npt["volume_adapt_until"] and npt["volume_adapt_until"] <= idx[-1]:
+        ax.axvline(npt["volume_adapt_until"] - 0.5, color="C3", lw=0.8, ls=":", label="volume step frozen")
+    shade(ax)
+    pressure = "" if npt["pressure_GPa"] is None else f", P = {npt['pressure_GPa']:g} GPa"
+    ax.set(xlabel="trial", ylabel="volume (Å³)", title=f"Cell volume ({npt['cell']}{pressure})")
+    ax.legend(fontsize=8)
+    _save(fig, run_dir / "volume.png")
+    written.append("volume.png")
+
+    kept = volume[cut:]
+    if len(kept) > 1:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.hist(kept, bins=max(10, min(50, len(kept) // 20)), density=True, alpha=0.6, color="C0",
+                label=f"{len(kept)} equilibrated trials")
+        sd = float(np.std(kept, ddof=1))
+        if sd > 0:
+            x = np.linspace(kept.min() - sd, kept.max() + sd, 200)
+            ax.plot(x, np.exp(-0.5 * ((x - kept.mean()) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)), color="k", lw=1,
+                    label=f"normal, σ_V = {sd:.2f} Å³")
+        ax.set(xlabel="volume (Å³)", ylabel="probability density (1/Å³)", title="Volume distribution")
+        ax.legend(fontsize=8)
+        _save(fig, run_dir / "volume_histogram.png")
+        written.append("volume_histogram.png")
+
+    series = lattice_series(trials, frames)
+    if series is None:
+        return written
+    x, cells = series
+    par = np.array([cell_to_cellpar(c) for c in cells])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for k, name in enumerate("abc"):
+        left.plot(x, par[:, k], lw=1, label=name)
+    for k, name in enumerate(("α", "β", "γ")):
+        right.plot(x, par[:, 3 + k], lw=1, label=name)
+    shade(left)
+    shade(right)
+    left.set(xlabel="trial", ylabel="lattice length (Å)", title="Cell lengths")
+    right.set(xlabel="trial", ylabel="angle (degrees)", title="Cell angles")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    _save(fig, run_dir / "lattice.png")
+    written.append("lattice.png")
+    return written
+
+
+def plot_expansion(path: Path, points: list[dict], coefficients: list[dict]) -> None:
+    """expansion.png: ⟨V⟩ per atom (Å³) against T (K) with error bars, one line per pressure, and
+    beside it α_V (10⁻⁶/K) between consecutive temperatures at their midpoints.
+    ``points``/``coefficients``: slhmc.analysis.expansion's."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    pressures: list = []
+    for p in points:
+        if p["pressure_GPa"] not in pressures:
+            pressures.append(p["pressure_GPa"])
+    for k, pressure in enumerate(pressures):
+        label = "P unknown" if pressure is None else f"P = {pressure:g} GPa"
+        ps = [p for p in points if p["pressure_GPa"] == pressure]
+        left.errorbar([p["temperature_K"] for p in ps], [p["volume_A3_per_atom"]["mean"] for p in ps],
+                      yerr=[p["volume_A3_per_atom"]["error"] for p in ps], fmt="o-", color=f"C{k}", capsize=3,
+                      label=label)
+        cs = [c for c in coefficients if c["pressure_GPa"] == pressure]
+        if cs:
+            right.errorbar([c["temperature_K"] for c in cs], [1e6 * c["alpha_V_per_K"]["value"] for c in cs],
+                           xerr=[0.5 * (c["to_K"] - c["from_K"]) for c in cs],
+                           yerr=[1e6 * c["alpha_V_per_K"]["error"] for c in cs], fmt="s", color=f"C{k}", capsize=3,
+                           label=label)
+    left.set(xlabel="temperature (K)", ylabel="⟨V⟩ per atom (Å³)", title="Volume per atom")
+    left.legend(fontsize=8)
+    right.axhline(0.0, color="0.6", lw=0.6)
+    right.set(xlabel="temperature (K)", ylabel="α_V = Δln⟨V⟩/ΔT (10⁻⁶/K)",
+              title="Volumetric thermal expansion (α = α_V/3)")
+    if coefficients:
+        right.legend(fontsize=8)
+    _save(fig, path)
 
 
 def plot_md(md_dir: Path, nu: np.ndarray, dos: dict[str, np.ndarray], peak_THz: float, temperature_K: float,

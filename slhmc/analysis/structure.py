@@ -88,14 +88,23 @@ def rdf_per_frame(frames: list[Atoms], r_max: float = 6.0, bins: int = 120) -> t
 
 def msd(frames: list[Atoms]) -> np.ndarray:
     """Mean square displacement (Å²) of each frame from the first one, centre-of-mass drift
-    removed (HMC momenta move the centre of mass too, which says nothing about the structure)."""
+    removed (HMC momenta move the centre of mass too, which says nothing about the structure).
+
+    Frames with different cells (NPT) are compared in fractional coordinates, the displacement
+    expressed in each frame's own cell: the affine stretch of a volume change is not diffusion."""
     if not frames:
         return np.zeros(0)
     masses = frames[0].get_masses()
     r0 = frames[0].positions
+    cell0 = frames[0].cell.array
+    variable = bool(frames[0].pbc.all()) and any(not np.array_equal(atoms.cell.array, cell0) for atoms in frames)
+    s0 = np.linalg.solve(cell0.T, r0.T).T if variable else None
     out = []
     for atoms in frames:
-        d = atoms.positions - r0
+        if variable:
+            d = (np.linalg.solve(atoms.cell.array.T, atoms.positions.T).T - s0) @ atoms.cell.array
+        else:
+            d = atoms.positions - r0
         d -= (masses[:, None] * d).sum(0) / masses.sum()
         out.append(float(np.mean(np.sum(d * d, axis=1))))
     return np.array(out)

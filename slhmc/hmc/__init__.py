@@ -31,6 +31,7 @@ from .npt import (
     CellStep,
     InnerChain,
     NPTDraws,
+    VolumeStep,
     anisotropic_move,
     cell_log_acceptance,
     cell_move,
@@ -41,11 +42,13 @@ from .npt import (
     pressure_eV_per_A3,
     slmc_log_acceptance,
     standard_cell,
+    volume,
 )
 
 __all__ = [
     "CellDraws", "CellEnergy", "CellMove", "CellStep", "ChainState", "EnergyForces", "InnerChain", "NPTDraws", "Step",
     "Trajectory", "TrialDraws", "accept", "anisotropic_move", "cell_log_acceptance", "cell_move", "cell_step",
     "delta_h", "draw", "inner_cell_chain", "isotropic_move", "kinetic_energy", "metropolis_step", "npt_draw",
-    "pressure_eV_per_A3", "slmc_log_acceptance", "standard_cell", "trial_random", "velocity_verlet",
+    "pressure_eV_per_A3", "slmc_log_acceptance", "standard_cell", "trial_random", "velocity_verlet", "volume",
+    "VolumeStep",
 ]

@@ -309,3 +309,54 @@ def cell_step(state: ChainState, proposal: InnerChain, e_ref_end: float, e_ml_st
         state.accepted += 1
     state.trial += 1
     return CellStep(accepted, log_a, v_old, v_new, e_old)
+
+
+ADAPT_TARGET = (0.3, 0.5)  # inner-step acceptance the volume step is steered into while adapted
+
+
+class VolumeStep:
+    """The cell-step half-width (:func:`npt_draw`'s ``volume_step``) of each trial: adapted in blocks
+    of ``block`` trials before ``adapt_until``, frozen after.
+
+    Block b's step is block b−1's, scaled by exp(2(a − 0.4)) (within ×0.5..×2) where a is the inner
+    acceptance of the cell trials of block b − 2 — outside 0.3..0.5 only — so it is a function of
+    trials that the chain finished before any trial of block b could start (a pre-fetching pipeline
+    is at most ``block`` trials ahead of the chain): the step of every trial is the same for any
+    number of DFT workers, and after a resume. The chain is exact from the first block after
+    ``adapt_until``; the trials before it are equilibration.
+    """
+
+    def __init__(self, start: float, adapt_until: int, block: int) -> None:
+        self.adapt_until = adapt_until
+        self.block = block
+        self.steps = [float(start)]  # by block
+        self.counts: dict[int, list[int]] = {}  # block -> [inner steps accepted, inner steps]
+
+    def for_trial(self, trial: int) -> float:
+        b = trial // self.block
+        while len(self.steps) <= b:
+            self.steps.append(self._next(len(self.steps)))
+        return self.steps[b]
+
+    def _next(self, b: int) -> float:
+        step = self.steps[b - 1]
+        accepted, total = self.counts.get(b - 2, (0, 0))
+        if b * self.block >= self.adapt_until or total == 0:
+            return step
+        rate = accepted / total
+        if ADAPT_TARGET[0] <= rate <= ADAPT_TARGET[1]:
+            return step
+        return step * min(2.0, max(0.5, math.exp(2.0 * (rate - 0.4))))
+
+    def record(self, trial: int, accepted: int, steps: int) -> None:
+        """A finished cell trial (in chain order) with ``accepted`` of its ``steps`` inner steps."""
+        count = self.counts.setdefault(trial // self.block, [0, 0])
+        count[0] += accepted
+        count[1] += steps
+
+    def checkpoint_fields(self) -> dict:
+        return {"steps": self.steps, "counts": {str(b): c for b, c in self.counts.items()}}
+
+    def restore(self, fields: dict) -> None:
+        self.steps = [float(s) for s in fields["steps"]]
+        self.counts = {int(b): [int(c[0]), int(c[1])] for b, c in fields["counts"].items()}
