@@ -24,6 +24,7 @@ _LAZY = {
     "RunError": "slhmc.api",
     "RunDirectoryError": "slhmc.server.outputs",
     "analyze": "slhmc.api",
+    "thermal_expansion": "slhmc.api",
     "load_calculator": "slhmc.potential",
     "Config": "slhmc.config",
     "ConfigError": "slhmc.config",
@@ -31,10 +32,10 @@ _LAZY = {
 }
 
 __all__ = ["Config", "ConfigError", "Run", "RunDirectoryError", "RunError", "__version__", "analyze",
-           "load_calculator", "load_config", "run"]
+           "load_calculator", "load_config", "run", "thermal_expansion"]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports these on first use
-    from slhmc.api import Run, RunError, analyze, run
+    from slhmc.api import Run, RunError, analyze, run, thermal_expansion
     from slhmc.config import Config, ConfigError, load_config
     from slhmc.potential import load_calculator
     from slhmc.server.outputs import RunDirectoryError

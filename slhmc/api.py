@@ -58,7 +58,7 @@ START_FILE = "start.extxyz"  # its start structure when given as ase.Atoms
 _HEADER = "# written by slhmc.run"  # marks a CONFIG_FILE that slhmc.run may replace
 EXIT_INTERRUPTED = (130, -2)  # the server stopped by Ctrl-C (SIGINT)
 
-__all__ = ["Run", "RunError", "analyze", "run"]
+__all__ = ["Run", "RunError", "analyze", "run", "thermal_expansion"]
 
 
 class RunError(RuntimeError):
@@ -73,6 +73,17 @@ def analyze(path: str | os.PathLike, plots: bool = True) -> dict:
     from slhmc.analysis import summarize_dir
 
     return summarize_dir(path, plots)
+
+
+def thermal_expansion(run_dirs: list[str | os.PathLike], out: str | os.PathLike = ".", plots: bool = True) -> dict:
+    """``slhmc analyze RUN_T1 RUN_T2 ... --out OUT`` without the printing: ⟨V⟩/atom of NPT runs of
+    one system at several temperatures, α_V = Δln⟨V⟩/ΔT and α = α_V/3 (1/K) between consecutive
+    ones; writes expansion.json (and ``plots``: expansion.png) into ``out`` and returns its content.
+    ``slhmc.analysis.expansion.ExpansionError`` for runs that give no expansion (NVT, one
+    temperature, different systems)."""
+    from slhmc.analysis.expansion import thermal_expansion as expansion
+
+    return expansion(list(run_dirs), out, plots)
 
 
 class Run:
