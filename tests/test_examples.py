@@ -292,3 +292,21 @@ def test_cu108_example_structure():
     assert len(cu108) == 108 and set(cu108.get_chemical_symbols()) == {"Cu"}
     assert cu108.cell.lengths() == pytest.approx(1.5 * cu32.cell.lengths())
     assert cu108.get_all_distances(mic=True)[0][1:].min() == pytest.approx(3.61 / 2**0.5, abs=1e-6)
+
+
+def test_cu_npt_example_configs():
+    """examples/cu_npt: three NPT configs at 0 GPa, 300/600/900 K, sharing one structure; each passes
+    the config check of `slhmc run` and of a DFT worker."""
+    folder = ROOT / "examples" / "cu_npt"
+    temperatures = []
+    for config in sorted(folder.glob("config_*K.toml")):
+        cfg = load_config(config)
+        check_inputs(cfg)
+        check_inputs(cfg, local_reference=True)
+        assert cfg.npt and cfg.system.pressure == 0.0 and cfg.hmc.cell == "isotropic"
+        assert cfg.system.structure == "cu32.xyz" and config.name == f"config_{cfg.system.temperature:.0f}K.toml"
+        assert cfg.hmc.volume_adapt_until < cfg.hmc.trials // 2  # most of each run is averaged
+        temperatures.append(cfg.system.temperature)
+    assert sorted(temperatures) == [300.0, 600.0, 900.0]
+    atoms = read(folder / "cu32.xyz")
+    assert len(atoms) == 32 and set(atoms.get_chemical_symbols()) == {"Cu"}
