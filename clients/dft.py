@@ -18,6 +18,7 @@ from .references import (
     reference_energy,
 )
 from .references.energy import EnergyProperty, HartreePath
+from .references.scratch import mark_failed
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,11 @@ class DFTHandler:
         energy = reference_energy(atoms, self.energy_property)
         seconds = time.perf_counter() - t0
         if getattr(self.calc, "converged", None) is False:  # ASE's Vasp (and Turbomole) say so, and raise nothing
+            mark_failed(getattr(self.calc, "directory", None))  # keep the code's output to read
             raise SCFNotConverged(f"{type(self.calc).__name__}: the SCF did not converge (raise the code's SCF "
                                   "iteration limit, e.g. nelm for VASP, or loosen its convergence threshold)")
         if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
+            mark_failed(getattr(self.calc, "directory", None))
             raise ReferenceCalculationError(f"reference returned a non-finite energy ({energy}) or forces")
         return "label_result", {"energy": energy, "forces": forces, "stress": stress, "seconds": seconds}
 
