@@ -64,6 +64,18 @@ def make_npt(config: Path, pressure_GPa: float = 1.0, adapt_until: int = 50, cel
     config.write_text(text)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     e["PYTHONPATH"] = os.pathsep.join([str(TESTS), e.get("PYTHONPATH", "")])

@@ -29,7 +29,7 @@ from slhmc.clients.references.socket_bridge import (
     remove_stale_sockets,
 )
 
-from .runs import free_port
+from .runs import alive, free_port
 
 BIN = Path(sys.executable).parent
 DRIVER = shutil.which("i-pi-py_driver", path=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
@@ -45,17 +45,6 @@ def water(shift: float = 0.0, box: float = 10.0) -> Atoms:
 
 def harmonic_energy(a: Atoms) -> float:
     return 0.5 * K * float(np.sum((a.positions / units.Bohr) ** 2)) * HARTREE_EV
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_until(predicate, timeout_s: float) -> bool:

@@ -19,6 +19,8 @@ from ase.calculators.calculator import CalculatorError
 
 from slhmc.clients.references import make_calculator, scratch
 
+from .runs import alive
+
 BIN = Path(sys.executable).parent
 DRIVER = shutil.which("i-pi-py_driver", path=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
 needs_driver = pytest.mark.skipif(DRIVER is None, reason="i-pi-py_driver not installed (pip ipi)")
@@ -28,17 +30,6 @@ KEPT = "kept the scratch directory"
 
 def water(box: float = 8.0) -> Atoms:
     return Atoms("OH2", positions=[[0, 0, 0], [0.76, 0.59, 0], [-0.76, 0.59, 0]], cell=[box] * 3, pbc=True)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is gone for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def kept_lines(caplog) -> list[str]:
