@@ -70,7 +70,8 @@ class DFTHandler:
             return
         try:
             self.calc = make_calculator(ref["calculator"], ref.get("options") or {}, timeout=ref.get("timeout"),
-                                        config_dir=config_dir)
+                                        config_dir=config_dir,
+                                        stress=(config.get("system") or {}).get("pressure") is not None)
         except Exception as err:  # reported with every task, so the server's log says what to fix
             self.config_error = f"{type(err).__name__}: {err}"
             log.error("cannot set up the reference calculator: %s", self.config_error)

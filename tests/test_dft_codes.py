@@ -182,6 +182,39 @@ def test_espresso_fresh_and_through_the_socket_agree():
         bridge.close()
 
 
+def test_an_npt_run_gets_pw_x_stress_without_asking():
+    """A DFT worker of an NPT run turns on pw.x's stress (tstress) itself; the label carries it,
+    equal to ASE's Espresso asked for it explicitly; an NVT run's worker does not ask."""
+    import shutil
+
+    from slhmc.protocol import structure_fields
+
+    if shutil.which("pw.x") is None:
+        pytest.skip("pw.x not installed (run_scripts/install_dft_codes.sh)")
+    atoms = si2()
+    atoms.set_cell(atoms.cell * 0.98, scale_atoms=True)  # compressed: a clear, negative stress
+    task = {"type": "label_task", **structure_fields(atoms), "stress": True}
+    results = {}
+    for pressure in (None, 1.0):
+        handler = DFTHandler()
+        handler.configure({"reference": {"calculator": "espresso", "options": ESPRESSO},
+                           "system": {"pressure": pressure}})
+        try:
+            results[pressure] = handler.handle(task)[1]
+        finally:
+            handler.close()
+    assert results[None]["stress"] is None  # not asked for: no stress in pw.x's output
+    stress = results[1.0]["stress"]
+    assert stress.shape == (6,) and stress[:3].max() < -1e-3  # eV/Å³, ASE's sign: compressed
+    explicit = make_calculator("espresso", {**ESPRESSO, "tstress": True})
+    try:
+        atoms.calc = explicit
+        np.testing.assert_allclose(stress, atoms.get_stress(voigt=True), atol=1e-6)
+    finally:
+        explicit.close()
+    assert results[1.0]["energy"] == pytest.approx(results[None]["energy"], abs=1e-6)
+
+
 def test_espresso_errors_say_what_to_fix():
     import shutil
 

@@ -53,11 +53,15 @@ def espresso_calculator(
     pseudo_dir: str = DEBIAN_PSEUDO_DIR,
     directory: str | None = None,
     input_data: dict | None = None,
+    tstress: bool = False,
     **kwargs,
 ) -> Espresso:
-    """ASE's Espresso calculator, checked and set up for a DFT worker (forces on, own directory)."""
+    """ASE's Espresso calculator, checked and set up for a DFT worker (forces on, own directory;
+    ``tstress``: the stress too, which NPT runs ask for)."""
     check_espresso_inputs(command, pseudo_dir, pseudopotentials)
     data = copy.deepcopy(input_data or {})
     data.setdefault("control", {})["tprnfor"] = True
+    if tstress:
+        data["control"]["tstress"] = True
     return ScratchEspresso(profile=EspressoProfile(command=command, pseudo_dir=pseudo_dir), directory=directory or None,
                            pseudopotentials=pseudopotentials, input_data=data, **kwargs)

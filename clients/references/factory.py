@@ -174,15 +174,18 @@ def check_config(name: str, options: Iterable[str], here: bool = False,
 
 
 def make_calculator(name: str, options: dict, timeout: float | None = None,
-                    config_dir: str | Path | None = None) -> Calculator:
+                    config_dir: str | Path | None = None, stress: bool = False) -> Calculator:
     """A fresh calculator; errors say what to fix (unknown name, bad factory, wrong option).
 
     ``timeout`` (s, ``reference.timeout``): for a code that waits on a process it keeps alive, the
     bound of each wait where its options give none (a client that never connects must not hold a
     DFT worker for ever). ``config_dir``: the folder of the config file that names the calculator,
-    where a ``module:function`` factory is also looked for (:func:`add_config_dir`).
+    where a ``module:function`` factory is also looked for (:func:`add_config_dir`). ``stress``:
+    the labels need the stress (NPT), so a code that computes it only when told is told.
     """
     code = lookup(name)
+    if stress and code is not None and code.stress_option and code.stress_option not in options:
+        options = {**options, code.stress_option: True}
     if timeout and code is not None and code.wait_option and options.get(code.wait_option) is None:
         options = {**options, code.wait_option: float(timeout)}
     factory = resolve_factory(name, config_dir)

@@ -51,6 +51,9 @@ class ReferenceCode:
     # the Hartree -> eV constant its energies go through (None: reports eV itself, or analytic)
     hartree: HartreePath | None = None
     energy: EnergyProperty = "free_energy"  # the ASE property that is its force-consistent energy
+    # the boolean option that makes the code compute its stress (NPT runs set it unless given);
+    # None: it computes the stress when asked (EMT, VASP, CP2K, GPAW, an i-PI client's virial)
+    stress_option: str | None = None
 
     @property
     def module(self) -> str:
@@ -81,7 +84,7 @@ _RECORDS = (
     # with) as both energy and free_energy.
     ReferenceCode("espresso", "slhmc.clients.references.espresso:espresso_calculator", "code",
                   f"install Quantum ESPRESSO ({_DFT_CODES_SCRIPT} or apt-get install quantum-espresso)",
-                  executables=("pw.x",), hartree=ASE_HARTREE),
+                  executables=("pw.x",), hartree=ASE_HARTREE, stress_option="tstress"),
     # any i-PI client kept alive between calls: pw.x --ipi, CP2K's driver mode (the cp2k binary with
     # RUN_TYPE DRIVER, not cp2k_shell), LAMMPS, i-pi-py_driver. i-PI speaks Hartree; ASE converts.
     ReferenceCode("socket", "slhmc.clients.references.socket_bridge:SocketBridge", "signature",
