@@ -416,3 +416,41 @@ def test_copper_volume_through_the_server_matches_the_reference_sampler(tmp_path
     assert acceptance < 0.97, "the network is too good for this test to show the correction at work"
     z = compare(volumes(trials), volumes(reference_runs[pressure_GPa]), f"server Cu32 {pressure_GPa} GPa")
     assert abs(z["mean"]) < Z_PASS and abs(z["variance"]) < Z_PASS
+
+
+def test_anisotropic_cell_trials_through_the_server(tmp_path):
+    """`hmc.cell = "anisotropic"` on a primitive (triclinic) fcc cell: the start structure is
+    rotated to the lower-triangular form, the shape changes (not only the volume), every recorded
+    cell stays lower-triangular with reduced tilts, chain.extxyz holds the same cells, and
+    `slhmc analyze` reports the lattice."""
+    import json
+    import subprocess
+    import sys
+
+    from ase.io import read
+
+    from .runs import env
+
+    atoms = bulk("Cu", "fcc", a=3.61).repeat((2, 2, 2))
+    atoms.rattle(0.02, seed=1)
+    write(tmp_path / "cu8.xyz", atoms)
+    config = NPT_CONFIG.format(temperature=600.0, pressure=1.0, trials=80, seed=3, dft=1, md_steps=5,
+                               timestep_fs=4.0, volume_step=0.03)
+    config = config.replace('structure = "cu32.xyz"', 'structure = "cu8.xyz"').replace(
+        "volume_probability = 0.7", 'cell = "anisotropic"\nvolume_probability = 0.5')
+    (tmp_path / "config.toml").write_text(config)
+    trials = run_frozen(tmp_path / "config.toml", tmp_path / "run")
+    cells = [np.array(t["cell"]) for t in trials]
+    for h in cells:
+        assert h[0, 1] == h[0, 2] == h[1, 2] == 0.0 and np.all(np.diag(h) > 0)
+        assert abs(h[1, 0] / h[0, 0]) <= 0.5 and abs(h[2, 0] / h[0, 0]) <= 0.5 and abs(h[2, 1] / h[1, 1]) <= 0.5
+    shapes = {tuple(np.round(np.diag(h) / np.linalg.det(h) ** (1 / 3), 6)) for h in cells}
+    assert len(shapes) > 3, "the cell's shape never changed"
+    assert [t["volume"] for t in trials] == pytest.approx([abs(np.linalg.det(h)) for h in cells])
+    frames = read(tmp_path / "run" / "chain.extxyz", index=":")
+    np.testing.assert_allclose(frames[-1].cell.array, cells[-1], atol=1e-12)
+    proc = subprocess.run([sys.executable, "-m", "slhmc", "analyze", str(tmp_path / "run")], env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    npt_summary = json.loads((tmp_path / "run" / "summary.json").read_text())["npt"]
+    assert npt_summary["cell"] == "anisotropic" and npt_summary["lattice"]["a_A"]["mean"] > 0
