@@ -107,23 +107,25 @@ exit 0''')
     assert "reading" in err and "server.address again" in err
 
 
-def test_dft_workers_stop_on_a_config_error(tmp_path):
+def _run_worker_script(tmp_path: Path, script: str, slhmc_body: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run a worker sbatch script against a run whose server listens at tcp://node-a:5555, with a
+    fake slhmc (``slhmc_body``) that logs its arguments; returns the script's process and the log."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "server.address").write_text("tcp://node-a:5555\n")
-    venv, log = _fake_venv(tmp_path, "exit 2")
-    proc = subprocess.run(["bash", str(SLURM / "dft_workers.sbatch"), str(run)], env=_script_env(venv),
-                          capture_output=True, text=True, timeout=60)
+    venv, log = _fake_venv(tmp_path, slhmc_body)
+    proc = subprocess.run(["bash", str(SLURM / script), str(run)], env=_script_env(venv), capture_output=True,
+                          text=True, timeout=60)
+    return proc, log
+
+
+def test_dft_workers_stop_on_a_config_error(tmp_path):
+    proc, log = _run_worker_script(tmp_path, "dft_workers.sbatch", "exit 2")
     assert proc.returncode == 2 and len(log.read_text().splitlines()) == 1
 
 
 def test_ml_workers_start_both_roles(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "server.address").write_text("tcp://node-a:5555\n")
-    venv, log = _fake_venv(tmp_path, "exit 0")
-    proc = subprocess.run(["bash", str(SLURM / "ml_workers.sbatch"), str(run)], env=_script_env(venv),
-                          capture_output=True, text=True, timeout=60)
+    proc, log = _run_worker_script(tmp_path, "ml_workers.sbatch", "exit 0")
     assert proc.returncode == 0, proc.stderr
     calls = sorted(log.read_text().splitlines())
     assert [c.split()[:2] for c in calls] == [["worker", "mlmd"], ["worker", "trainer"]]
