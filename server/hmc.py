@@ -223,15 +223,14 @@ class HMCServer:
             if start is None:
                 return
             assume_accept, positions, cell = start
+            h, cell_trial = self.cfg.hmc, None
             if self.cfg.npt:
-                h = self.cfg.hmc
-                draws = hmc.npt_draw(h.seed, t, self.masses, self.temperature, h.volume_probability,
-                                     h.volume_inner_steps, h.cell, self.volume_step.for_trial(t))
-                self._start_trajectory(Proposal(t, positions, assume_accept, draws.hmc, self.model_version, cell,
-                                                draws if draws.cell_trial else None))
+                npt_draws = hmc.npt_draw(h.seed, t, self.masses, self.temperature, h.volume_probability,
+                                         h.volume_inner_steps, h.cell, self.volume_step.for_trial(t))
+                draws, cell_trial = npt_draws.hmc, npt_draws if npt_draws.cell_trial else None
             else:
-                draws = hmc.draw(self.cfg.hmc.seed, t, self.masses, self.temperature)
-                self._start_trajectory(Proposal(t, positions, assume_accept, draws, self.model_version, cell))
+                draws = hmc.draw(h.seed, t, self.masses, self.temperature)
+            self._start_trajectory(Proposal(t, positions, assume_accept, draws, self.model_version, cell, cell_trial))
 
     def _start_trajectory(self, p: Proposal) -> None:
         fields = {
@@ -277,13 +276,13 @@ class HMCServer:
                     if not p.dead:
                         self._consume()
                 elif not p.dead:  # a dropped proposal's end point is not worth a reference call
-                    p.tasks.append(self._request_label(self._atoms(msg["positions"], self._end_cell(p)),
+                    p.tasks.append(self._request_label(self._atoms(msg["positions"], p.end_cell),
                                                        ProposalLabel(p)))
             case ProposalLabel(proposal=p):
                 self._check_forces(msg)
                 p.label = msg
                 if p.dead:
-                    self._add_label(self._atoms(p.md["positions"], self._end_cell(p)), msg,
+                    self._add_label(self._atoms(p.md["positions"], p.end_cell), msg,
                                     {"source": "speculative", "trial": p.trial})
                     self.refits.count_label(chain=False)
                 else:
@@ -343,11 +342,6 @@ class HMCServer:
         if frames:
             log.info("initial dataset: %d labels from %d file(s)", len(frames), len(self.cfg.training.initial_dataset))
 
-    @staticmethod
-    def _end_cell(p: Proposal) -> np.ndarray:
-        """The cell of a proposal's end point: a cell trial's new cell, else the one it started in."""
-        return p.md["cell"] if p.md.get("cell") is not None else p.start_cell
-
     def _advance_chain(self, p: Proposal) -> dict:
         """The Metropolis step of trial ``p.trial``: label it, accept or reject, move the chain.
         Returns the trial's record (written by _record_trial)."""
@@ -357,7 +351,7 @@ class HMCServer:
             raise RunAborted(f"internal error: proposal for trial {t} does not start from the chain state")
         label_id = None
         if msg is not UNMOVED:
-            label_id = self._add_label(self._atoms(md["positions"], self._end_cell(p)), msg,
+            label_id = self._add_label(self._atoms(md["positions"], p.end_cell), msg,
                                        {"source": "trial", "trial": t})
             self.refits.count_label(chain=True)
         common = {"trial": t, "e_ref": msg["energy"], "e_ml": md["e_ml_end"], "model": md["model_version"],

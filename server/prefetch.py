@@ -42,6 +42,11 @@ class Proposal:
     dead: bool = False  # dropped from the chain; its label (if it gets one) is speculative
     tasks: list = field(default_factory=list)  # broker tasks issued for it
 
+    @property
+    def end_cell(self) -> np.ndarray:
+        """The cell of its end point (once ``md`` is in): a cell trial's new cell, else its start cell."""
+        return self.md["cell"] if self.md.get("cell") is not None else self.start_cell
+
 
 class AcceptanceEstimate:
     """Acceptance over the last ``window`` chain trials (prior: 1, i.e. speculate on acceptance)."""
@@ -92,7 +97,7 @@ class Pipeline:
             return None
         if not assume_accept:
             return False, prev.start, prev.start_cell
-        return True, prev.md["positions"], prev.md["cell"] if prev.md.get("cell") is not None else prev.start_cell
+        return True, prev.md["positions"], prev.end_cell
 
     def append(self, proposal: Proposal) -> None:
         self.proposals.append(proposal)
