@@ -87,7 +87,6 @@ class Label:
         (a frame read from a file with a stress, or a calculator that computed it): never computed here."""
         energy = float(atoms.get_potential_energy())
         forces = atoms.get_forces().copy()
-        has_stress = atoms.calc is not None and "stress" in getattr(atoms.calc, "results", {})
         return cls(
             atoms.numbers.copy(),
             atoms.positions.copy(),
@@ -96,8 +95,16 @@ class Label:
             energy,
             forces,
             label_id,
-            np.asarray(atoms.get_stress(voigt=True), dtype=np.float64).copy() if has_stress else None,
+            stored_stress(atoms),
         )
+
+
+def stored_stress(atoms) -> np.ndarray | None:
+    """The stress ``atoms``' calculator already holds (Voigt, eV/Å³, float64; a frame read from a file
+    with a stress, or a calculator that computed it), else None: never computed here."""
+    if atoms.calc is None or "stress" not in getattr(atoms.calc, "results", {}):
+        return None
+    return np.array(atoms.get_stress(voigt=True), dtype=np.float64)
 
 
 def choose_force_atoms(label: Label, force_atoms: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 from ase import Atoms
 
+from slhmc.potential.training import stored_stress
 from slhmc.protocol import structure_fields
 
 from .outputs import RunFiles
@@ -17,10 +18,9 @@ LABEL_CHUNK = 100  # labels per message to the trainer
 
 def wire_label(frame: Atoms) -> dict:
     """A dataset frame as the ``labels`` message carries it."""
-    has_stress = frame.calc is not None and "stress" in frame.calc.results
     return {**structure_fields(frame), "label_id": int(frame.info["label_id"]),
             "energy": float(frame.get_potential_energy()), "forces": frame.get_forces().astype(np.float64),
-            "stress": frame.get_stress(voigt=True).astype(np.float64) if has_stress else None}
+            "stress": stored_stress(frame)}
 
 
 class LabelStore:

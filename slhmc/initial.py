@@ -103,6 +103,7 @@ def read_initial_dataset(cfg: Config, elements: set[int] | None = None) -> list[
     from ase.io import read
 
     from slhmc.clients.references import reference_energy
+    from slhmc.potential.training import stored_stress
 
     frames: list[InitialFrame] = []
     for name, path in zip(cfg.training.initial_dataset, cfg.initial_dataset_paths, strict=True):
@@ -132,11 +133,9 @@ def read_initial_dataset(cfg: Config, elements: set[int] | None = None) -> list[
             if foreign:
                 raise ConfigError(f"{where} holds {_symbols(foreign)}, which system.structure has not "
                                   f"(it has {_symbols(elements)})")
-            stress = None
-            if frame.calc is not None and "stress" in frame.calc.results:
-                stress = np.asarray(frame.get_stress(voigt=True), dtype=np.float64)
-                if not np.isfinite(stress).all():
-                    raise ConfigError(f"{where}: stress is not finite")
+            stress = stored_stress(frame)
+            if stress is not None and not np.isfinite(stress).all():
+                raise ConfigError(f"{where}: stress is not finite")
             atoms = Atoms(frame.numbers, frame.positions, cell=frame.cell, pbc=frame.pbc)
             frames.append(InitialFrame(atoms, float(energy), forces, name, index, stress))
     return frames
