@@ -124,19 +124,17 @@ class DFTHandler:
         """The reference stress (Voigt, eV/Å³), or None where the code gives none (said once): the
         stress only trains the network, the chain never needs it."""
         if "stress" not in getattr(self.calc, "implemented_properties", ()):
-            if not self.no_stress_said:
-                log.warning("the reference calculator %s gives no stress: labels are fitted on energies and forces "
-                            "only", type(self.calc).__name__)
-                self.no_stress_said = True
-            return None
+            return self._no_stress(f"the reference calculator {type(self.calc).__name__} gives no stress")
         try:
             stress = np.asarray(atoms.get_stress(voigt=True), dtype=np.float64)
         except Exception as err:  # e.g. a code not asked for it in its input (QE: tstress)
-            if not self.no_stress_said:
-                log.warning("no stress from the reference (%s: %s): labels are fitted on energies and forces only; "
-                            "ask the code for its stress to train it (QE: tstress = true)", type(err).__name__, err)
-                self.no_stress_said = True
-            return None
+            return self._no_stress(f"no stress from the reference ({type(err).__name__}: {err}); ask the code for "
+                                   "its stress to train it (QE: tstress = true)")
         if not np.all(np.isfinite(stress)):
             raise ReferenceCalculationError(f"reference returned a non-finite stress ({stress})")
         return stress
+
+    def _no_stress(self, why: str) -> None:
+        if not self.no_stress_said:
+            log.warning("%s: labels are fitted on energies and forces only", why)
+            self.no_stress_said = True
