@@ -240,7 +240,8 @@ def analyze_run(run_dir: str | Path, plots: bool = True) -> int:
     if npt is None:
         equilibrated = chain[len(chain) // BURN_IN_DIVISOR :]
     else:
-        summary["npt"] = npt_statistics(trials, npt, discard, temperature, chain)
+        cell_delta_e = delta_e_statistics([t for t in trials if t.get("kind") == "cell"], temperature)
+        summary["npt"] = npt_statistics(trials, npt, discard, temperature, chain, cell_delta_e)
         equilibrated = equilibrated_frames(chain, trials, discard)
     rdf_data = rdf(equilibrated[:: max(1, len(equilibrated) // RDF_FRAMES)])
     msd_data = msd(chain)

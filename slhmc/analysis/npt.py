@@ -127,16 +127,12 @@ def lattice_statistics(cells: np.ndarray) -> dict:
     return {name: estimate_dict(parameters[:, k]) for k, name in enumerate(LATTICE)}
 
 
-def delta_e_error(t: dict) -> float:
-    """(E_ML(end) − E_ML(start)) − (E_ref(end) − E_ref(start)) of a trial (eV, whole cell)."""
-    return (t["e_ml"] - t["e_ml_start"]) - (t["e_ref"] - t["e_ref_old"])
-
-
-def kind_statistics(trials: list[dict], settings: NptSettings, temperature_K: float | None) -> dict:
+def kind_statistics(trials: list[dict], settings: NptSettings, cell_delta_e: dict) -> dict:
     """Acceptance of position and cell trials separately (over all trials), and what the cell
     trials did: how many moved the cell at all (were labelled), their inner-step acceptance
-    (overall and after the adaptation) and ΔE error (meV/atom, kT of the cell), and the
-    acceptance that error predicts, mean min(1, exp(ΔE err/kT)), which is exact for cell trials."""
+    (overall and after the adaptation) and, from ``cell_delta_e`` (the cell trials'
+    :func:`slhmc.analysis.chain.delta_e_statistics`), their ΔE error (meV/atom, kT of the cell)
+    and the acceptance it predicts, mean min(1, exp(ΔE err/kT)), which is exact for cell trials."""
     out: dict = {}
     for kind in KINDS:
         ts = [t for t in trials if t.get("kind") == kind]
@@ -149,9 +145,6 @@ def kind_statistics(trials: list[dict], settings: NptSettings, temperature_K: fl
     frozen = [t for t in cell if t["trial"] >= settings.volume_adapt_until]
     frozen_steps = sum(t.get("cell_steps") or 0 for t in frozen)
     step_sizes = [t["volume_step"] for t in cell if t.get("volume_step") is not None]
-    err = np.array([delta_e_error(t) for t in moved])
-    n_atoms = np.array([t["n_atoms"] for t in moved], dtype=float)
-    kT = units.kB * temperature_K if temperature_K else None
     out["cell"].update({
         "moved": len(moved),  # the inner chain moved: the end point was labelled
         "acceptance_of_moved": sum(bool(t["accepted"]) for t in moved) / len(moved) if moved else None,
@@ -162,15 +155,15 @@ def kind_statistics(trials: list[dict], settings: NptSettings, temperature_K: fl
                                               if frozen_steps else None),
         "volume_step_first": step_sizes[0] if step_sizes else None,
         "volume_step_last": step_sizes[-1] if step_sizes else None,
-        "delta_e_error_rms_mev_per_atom": 1e3 * float(np.sqrt(np.mean((err / n_atoms) ** 2))) if moved else None,
-        "delta_e_error_rms_kT": float(np.sqrt(np.mean(err**2)) / kT) if moved and kT else None,
-        "acceptance_predicted": float(np.mean(np.exp(np.minimum(err / kT, 0.0)))) if moved and kT else None,
+        "delta_e_error_rms_mev_per_atom": cell_delta_e.get("delta_e_error_rms_mev_per_atom"),
+        "delta_e_error_rms_kT": cell_delta_e.get("delta_e_error_rms_kT"),
+        "acceptance_predicted": cell_delta_e.get("acceptance_predicted"),
     })
     return out
 
 
 def npt_statistics(trials: list[dict], settings: NptSettings, discard: int, temperature_K: float | None,
-                   frames: list[Atoms]) -> dict:
+                   frames: list[Atoms], cell_delta_e: dict) -> dict:
     """The ``npt`` block of summary.json. ``discard``: equilibration trials left out of the averages;
     ``frames``: the chain frames (the masses for ρ come from the first; the cells, those after the
     cut, where the records have none). Every average is {"mean", "error", "tau_trials", "n_effective"} or None (under
@@ -210,7 +203,7 @@ def npt_statistics(trials: list[dict], settings: NptSettings, discard: int, temp
         "bulk_modulus_GPa": bulk,
         "enthalpy_eV_per_atom": enthalpy,
         "lattice": lattice_statistics(cells) if cells is not None and len(cells) > 1 else None,
-        "acceptance_by_kind": kind_statistics(trials, settings, temperature_K),
+        "acceptance_by_kind": kind_statistics(trials, settings, cell_delta_e),
     }
 
 
