@@ -52,6 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ase import units
 
 from .descriptors import symmetry_functions_with_jacobian
 from .network import BPNN
@@ -59,7 +60,7 @@ from .network import BPNN
 log = logging.getLogger(__name__)
 
 JACOBIAN_DTYPE = torch.float32
-EV_PER_A3_IN_GPA = 160.21766208  # 1 eV/Å³ in GPa
+EV_PER_A3_IN_GPA = 1.0 / units.GPa  # 1 eV/Å³ in GPa (ASE's constant)
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx, yy, zz, yz, xz, xy (ASE's order)
 # |A|^2 = sum_ab A_ab^2 of a symmetric 3x3 A from its Voigt components: the shear ones twice
 VOIGT_MULTIPLICITY = (1.0, 1.0, 1.0, 2.0, 2.0, 2.0)
