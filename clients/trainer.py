@@ -13,14 +13,9 @@ import numpy as np
 
 from slhmc.potential.network import BPNN, Architecture, resolve_device
 from slhmc.potential.serialization import model_from_bytes, model_to_bytes
-from slhmc.potential.training import FitSettings, Label, LabelStore, fit
+from slhmc.potential.training import FitSettings, Label, LabelStore, describe_errors, fit
 
 log = logging.getLogger(__name__)
-
-
-def _digits(x: float | None) -> str:
-    """Three significant digits for a log line ("n/a" without a validation set)."""
-    return "n/a" if x is None else f"{x:.3g}"
 
 
 class FitStopped(RuntimeError):
@@ -88,10 +83,7 @@ class TrainerHandler:
         # settings.seed is the run's: one split for the whole run, a label validated on is never trained on
         metrics = fit(self.model, self.store, settings, warm_start=warm, label_ids=label_ids, progress=self._check_stop)
         metrics["warm_start"] = warm
-        val = metrics["validation"]
-        stress = "" if val.get("stress_rmse_GPa") is None else f", {_digits(val['stress_rmse_GPa'])} GPa"
-        log.info("model %d: %d labels, validation RMSE %s meV/atom, %s meV/Å%s, %.1f s", version, len(label_ids),
-                 _digits(val["energy_rmse_mev_per_atom"]), _digits(val["force_rmse_mev_per_A"]), stress,
-                 metrics["seconds"])
+        log.info("model %d: %d labels, validation %s, %.1f s", version, len(label_ids),
+                 describe_errors(metrics["validation"]), metrics["seconds"])
         data = model_to_bytes(self.model, {"version": version, "metrics": metrics})
         return {"version": version, "model": data, "metrics": metrics}

@@ -632,6 +632,19 @@ def fit(
     }
 
 
+def describe_errors(errors: dict) -> str:
+    """One log phrase for an :func:`errors` dict (a fit's "train" or "validation"): three significant
+    digits, "n/a" where there is no value (no validation labels yet), the stress only where fitted."""
+    def digits(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3g}"
+
+    text = (f"energy RMSE {digits(errors.get('energy_rmse_mev_per_atom'))} meV/atom, "
+            f"force RMSE {digits(errors.get('force_rmse_mev_per_A'))} meV/Å")
+    if errors.get("stress_rmse_GPa") is not None:
+        text += f", stress RMSE {digits(errors['stress_rmse_GPa'])} GPa"
+    return text
+
+
 def errors(model: BPNN, items: Sequence[Featurized]) -> dict:
     """Energy RMSE (meV/atom), force RMSE (meV/Å, force atoms only) and stress RMSE (GPa, labels
     with a stress; None without any) on ``items``."""

@@ -48,6 +48,7 @@ from slhmc import hmc
 from slhmc.config import ADAPT_BLOCK, Config
 from slhmc.initial import InitialModel, load_initial_model, potential_overrides, read_initial_dataset
 from slhmc.potential.serialization import model_from_bytes
+from slhmc.potential.training import describe_errors
 from slhmc.protocol import structure_fields
 
 from .bootstrap import Bootstrap, bootstrap_structures
@@ -400,10 +401,8 @@ class HMCServer:
         self.files.save_model(msg["version"], msg["model"], msg["metrics"])
         self.model_version, self.model_bytes = msg["version"], msg["model"]
         self.refits.finished()
-        val = msg["metrics"].get("validation", {})
-        log.info("model %d: validation energy RMSE %s meV/atom, force RMSE %s meV/Å, %s s", msg["version"],
-                 _fmt(val.get("energy_rmse_mev_per_atom")), _fmt(val.get("force_rmse_mev_per_A")),
-                 msg["metrics"].get("seconds"))
+        log.info("model %d: validation %s, %s s", msg["version"],
+                 describe_errors(msg["metrics"].get("validation", {})), msg["metrics"].get("seconds"))
         if self.model_version > 0 and self.chain.trial < self.cfg.hmc.trials:
             self._maybe_refit()
         self._checkpoint()
@@ -492,7 +491,3 @@ class HMCServer:
             self.bar.close()
             self.broker.close(reason)
             self.files.close()
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3g}"

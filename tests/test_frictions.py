@@ -96,6 +96,6 @@ def test_the_trainer_logs_three_significant_digits(caplog):
                                  validation_fraction=0.3), seed=0)
     with caplog.at_level(logging.INFO, logger="slhmc.clients.trainer"):
         trainer.train(0, list(range(6)), False, fit, arch)
-    line = next(r.getMessage() for r in caplog.records if "validation RMSE" in r.getMessage())
-    numbers = re.search(r"validation RMSE (\S+) meV/atom, (\S+) meV/Å", line).groups()
+    line = next(r.getMessage() for r in caplog.records if "validation energy RMSE" in r.getMessage())
+    numbers = re.search(r"validation energy RMSE (\S+) meV/atom, force RMSE (\S+) meV/Å", line).groups()
     assert all(len(re.sub(r"[^0-9]", "", n).lstrip("0")) <= 4 for n in numbers), line
