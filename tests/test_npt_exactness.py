@@ -316,16 +316,17 @@ def virial_deviation(records: list[dict], pressure_GPa: float, every: int = 5) -
 @pytest.fixture(scope="module")
 def reference_runs() -> dict[float, list[dict]]:
     """The reference-only exact sampler: every move tested with EMT itself."""
-    return {p: plain_npt(copper(), EMT(), T_CU, p, trials=3500 if p == 0 else 2000, seed=11, cell_probability=0.8,
+    return {p: plain_npt(copper(), EMT(), T_CU, p, trials=2500 if p == 0 else 2000, seed=11, cell_probability=0.8,
                          **SAMPLER)
             for p in PRESSURES_GPA}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pressure_GPa", PRESSURES_GPA)
+@pytest.mark.parametrize("pressure_GPa", [5.0])
 def test_copper_volume_matches_the_reference_sampler(reference_runs, pressure_GPa):
     """The self-learning sampler with EMT on a 0.5 % compressed lattice as its frozen proposal: the
-    proposal's own ensemble has a volume about 1.5 % (one standard deviation of V) too small."""
+    proposal's own ensemble has a volume about 1.5 % (one standard deviation of V) too small. At one
+    pressure only: the server runs the same correction at both (below)."""
     records = plain_npt(copper(), EMT(), T_CU, pressure_GPa, trials=1500, seed=12, cell_probability=0.7,
                         proposal=StrainedEMT(0.005), **SAMPLER)
     cell = [r for r in records if r["kind"] == "cell"]
@@ -341,7 +342,7 @@ def test_copper_check_catches_the_dropped_measure_term(reference_runs):
     """Without (N + 1) ln(V′/V) the chain samples as if the pressure were (N + 1) k_BT/V ≈ 0.7 GPa
     higher: ⟨V⟩ about 2.5 Å³ (half a standard deviation of V) too small, and the virial identity off
     by (N + 1) k_BT = 1.7 eV."""
-    records = plain_npt(copper(), EMT(), T_CU, 0.0, trials=3500, seed=13, cell_probability=0.8,
+    records = plain_npt(copper(), EMT(), T_CU, 0.0, trials=2500, seed=13, cell_probability=0.8,
                         cell_log_acceptance=dropped_measure, **SAMPLER)
     z = compare(volumes(records), volumes(reference_runs[0.0]), "Cu32 0 GPa, (N + 1) ln V dropped")
     d = virial_deviation(records, 0.0)
@@ -405,7 +406,7 @@ def test_copper_volume_through_the_server_matches_the_reference_sampler(tmp_path
     that its E(V) is poorly known, and 5 L-BFGS steps): ⟨V⟩ and var(V) equal the reference-only
     sampler's."""
     write(tmp_path / "cu32.xyz", copper())
-    (tmp_path / "config.toml").write_text(NPT_CONFIG.format(temperature=T_CU, pressure=pressure_GPa, trials=2000,
+    (tmp_path / "config.toml").write_text(NPT_CONFIG.format(temperature=T_CU, pressure=pressure_GPa, trials=1400,
                                                             seed=5, dft=dft, **SAMPLER))
     trials = run_frozen(tmp_path / "config.toml", tmp_path / "run")
     cell = [t for t in trials if t["kind"] == "cell"]

@@ -27,11 +27,13 @@ def test_trials_per_round_bound():
 
 
 @pytest.mark.parametrize("npt", [False, True], ids=["nvt", "npt"])
-def test_deterministic_chain_is_identical_for_1_2_3_dft_workers(tmp_path, npt):
+def test_deterministic_chain_is_identical_for_1_and_3_dft_workers(tmp_path, npt):
     """NPT: cell trials with inner chains among the position trials, and the volume step adapted in
-    blocks (it changes at trial 40, from the trials of block 0), the same trial for trial."""
+    blocks (it changes at trial 40, from the trials of block 0), the same trial for trial. Three
+    workers keep up to three proposals in flight and speculate on both outcomes; two would add a
+    run, not a path."""
     runs = {}
-    for k in (1, 2, 3):
+    for k in (1, 3):
         (tmp_path / f"k{k}").mkdir()
         config = write_config(tmp_path / f"k{k}", trials=50 if npt else 40, dft=k,
                               calculator="slhmc.validation:delayed_emt",
@@ -55,7 +57,7 @@ def test_deterministic_chain_is_identical_for_1_2_3_dft_workers(tmp_path, npt):
     assert 0.2 < acceptance < 0.95  # rejections happen, so speculation is both right and wrong
     sources = {k: [a.info["source"] for a in read(run / "dataset.extxyz", index=":")] for k, run in runs.items()}
     assert "speculative" not in sources[1] and "speculative" in sources[3]
-    for k in (2, 3):
+    for k in (3,):
         # to the last bit; label ids differ only because speculative labels are numbered in between
         assert strip_ids(records[k]) == strip_ids(records[1])
         chain_labels = [s for s in sources[k] if s != "speculative"]
