@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ase import units
 from ase.io import read
 
+from slhmc.analysis.chain import delta_e_statistics
 from slhmc.potential import training
 from slhmc.potential.descriptors import N_RADIAL, DescriptorSpec
 from slhmc.potential.network import BPNN
@@ -58,7 +58,6 @@ def main() -> None:
     frames = read(run / "dataset.extxyz", ":")
     records = [json.loads(line) for line in (run / "trials.jsonl").read_text().splitlines()]
     temperature = json.loads((run / "config.json").read_text())["config"]["system"]["temperature"]
-    kT = units.kB * temperature
     start_of, state = {}, 0  # each trial's start state, as a label id
     for r in records:
         start_of[r["trial"]] = state
@@ -90,12 +89,13 @@ def main() -> None:
             a = frames[k]
             return model.evaluate(a.numbers, a.positions, a.cell.array, a.pbc).energy  # noqa: B023
 
-        x = np.array([((r["e_ref"] - r["e_ref_old"]) - (energy(r["label_id"]) - energy(start_of[r["trial"]]))) / kT
-                      for r in scored])
+        # the run's records with this network's energies at each trial's start and end point
+        rescored = [{**r, "e_ml": energy(r["label_id"]), "e_ml_start": energy(start_of[r["trial"]])} for r in scored]
+        d = delta_e_statistics(rescored, temperature)
         val = metrics["validation"]
         print(f"| {text or 'defaults'} | {spec.n_features} | {seconds:.0f} | {val['energy_rmse_mev_per_atom']:.3f} "
-              f"| {val['force_rmse_mev_per_A']:.1f} | {np.sqrt(np.mean(x ** 2)):.3f} "
-              f"| {np.mean(np.minimum(1.0, np.exp(-x))):.3f} |", flush=True)
+              f"| {val['force_rmse_mev_per_A']:.1f} | {d['delta_e_error_rms_kT']:.3f} "
+              f"| {d['acceptance_predicted']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
