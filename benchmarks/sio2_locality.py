@@ -31,7 +31,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 
 from slhmc.clients.references.factory import make_calculator
 from slhmc.potential.calculator import BPNNCalculator
+from slhmc.potential.network import BPNN
 from slhmc.potential.serialization import load_model
 from slhmc.rundir import newest_model_file
 
@@ -58,7 +58,7 @@ def far_moved(a: Atoms, b: Atoms, atom: int, cutoff: float) -> tuple[Atoms, int]
     return hybrid, int(far.sum())
 
 
-def frozen_core_pair(a: Atoms, atom: int, cutoff: float, model_file: Path, temperature_K: float, gap_fs: float,
+def frozen_core_pair(a: Atoms, atom: int, cutoff: float, model: BPNN, temperature_K: float, gap_fs: float,
                      seed: int) -> tuple[Atoms, Atoms, int]:
     """Two frames of ML-MD from ``a`` in which every atom within ``cutoff`` of ``atom`` stayed
     fixed, ``gap_fs`` apart (after as long again to equilibrate the far atoms), and how many
@@ -66,7 +66,7 @@ def frozen_core_pair(a: Atoms, atom: int, cutoff: float, model_file: Path, tempe
     near = a.get_distances(atom, range(len(a)), mic=True) <= cutoff
     md = a.copy()
     md.set_constraint(FixAtoms(mask=near))
-    md.calc = BPNNCalculator(load_model(model_file)[0], warn_extrapolation=False)
+    md.calc = BPNNCalculator(model, warn_extrapolation=False)
     rng = np.random.default_rng(seed)
     thermalize_momenta(md, temperature_K, rng=rng)
     timestep_fs = 0.5
@@ -82,30 +82,34 @@ def frozen_core_pair(a: Atoms, atom: int, cutoff: float, model_file: Path, tempe
     return first, second, int((~near).sum())
 
 
-def espresso(directory: str):
-    from ase.calculators.espresso import Espresso, EspressoProfile
-
+def espresso_options() -> dict:
+    """``[reference.options]`` of the ``espresso`` reference for the DFT comparison (LDA, Debian's
+    pseudopotentials, which the reference finds by default; tprnfor is always on)."""
     nproc = os.cpu_count() or 1
     command = f"mpirun --allow-run-as-root -np {nproc} pw.x" if shutil.which("mpirun") and nproc > 1 else "pw.x"
-    return Espresso(profile=EspressoProfile(command=command, pseudo_dir="/usr/share/espresso/pseudo"),
-                    directory=directory, pseudopotentials={"Si": "Si.pz-vbc.UPF", "O": "O.pz-rrkjus.UPF"},
-                    input_data={"control": {"tprnfor": True}, "system": {"ecutwfc": 25, "ecutrho": 200},
-                                "electrons": {"conv_thr": 1e-8}}, kpts=None)
+    return {"command": command, "pseudopotentials": {"Si": "Si.pz-vbc.UPF", "O": "O.pz-rrkjus.UPF"},
+            "input_data": {"system": {"ecutwfc": 25, "ecutrho": 200}, "electrons": {"conv_thr": 1e-8}},
+            "kpts": None}
 
 
-def far_force_changes(name: str, make, estimate: str, cases: list, cutoff: float) -> list[np.ndarray]:
-    """ΔF_i (meV/Å) of each pair with the calculator ``make(directory)`` gives; prints each and the
-    floor they imply."""
+def reference_force(atoms: Atoms, name: str, options: dict, atom: int) -> np.ndarray:
+    """The force (eV/Å) on ``atom`` from a fresh calculator of reference ``name``."""
+    atoms = atoms.copy()
+    atoms.calc = make_calculator(name, options)
+    try:
+        return atoms.get_forces()[atom]
+    finally:
+        close = getattr(atoms.calc, "close", None)
+        if close is not None:
+            close()  # a file-based code's scratch directory
+
+
+def far_force_changes(name: str, options: dict, estimate: str, cases: list, cutoff: float) -> list[np.ndarray]:
+    """ΔF_i (meV/Å) of each pair with reference ``name``; prints each and the floor they imply."""
     changes = []
-    with tempfile.TemporaryDirectory(prefix="slhmc-locality-") as scratch:
-        for n, (x, y, atom, what) in enumerate(cases):
-            f = []
-            for tag, atoms in (("x", x), ("y", y)):
-                atoms = atoms.copy()
-                atoms.calc = make(f"{scratch}/{tag}{n}")
-                f.append(atoms.get_forces()[atom])
-            changes.append(1e3 * (f[1] - f[0]))
-            print(f"  {name}, {estimate}: {what}: ΔF = {np.array2string(changes[-1], precision=1)} meV/Å", flush=True)
+    for x, y, atom, what in cases:
+        changes.append(1e3 * (reference_force(y, name, options, atom) - reference_force(x, name, options, atom)))
+        print(f"  {name}, {estimate}: {what}: ΔF = {np.array2string(changes[-1], precision=1)} meV/Å", flush=True)
     rms = float(np.sqrt(np.mean(np.square(changes))))
     print(f"{name}, {estimate}: rms ΔF per component {rms:.1f} meV/Å over {len(changes)} pairs; force error floor "
           f"of a network with r_c = {cutoff} Å: {rms / math.sqrt(2):.1f} meV/Å", flush=True)
@@ -135,22 +139,21 @@ def main() -> None:
     reference = config["reference"]
     name = reference["calculator"]
     print(f"{run}: {len(states)} chain states, {len(states[0])} atoms, r_c = {cutoff} Å, {args.samples} samples")
-    model_file = newest_model_file(run)
+    model = load_model(newest_model_file(run))[0]  # the network of the frozen-core ML-MD
     temperature_K = float(config["system"]["temperature"])
     pairs = {"frozen core": [], "hybrid": []}
     for n, (ka, kb, atom) in enumerate(triples):
         a = states[ka]
-        first, second, moved = frozen_core_pair(a, atom, cutoff, model_file, temperature_K, args.gap, args.seed + n)
+        first, second, moved = frozen_core_pair(a, atom, cutoff, model, temperature_K, args.gap, args.seed + n)
         pairs["frozen core"].append((first, second, atom, f"state {ka + args.skip} atom {atom} "
                                      f"({a.get_chemical_symbols()[atom]}), {moved} far atoms by ML-MD"))
         hybrid, moved = far_moved(a, states[kb], atom, cutoff)
         pairs["hybrid"].append((a, hybrid, atom, f"state {ka + args.skip} atom {atom} "
                                 f"({a.get_chemical_symbols()[atom]}), {moved} far atoms as in state {kb + args.skip}"))
-    changes = {estimate: far_force_changes(name, lambda d: make_calculator(name, reference["options"]), estimate,
-                                           cases, cutoff)
+    changes = {estimate: far_force_changes(name, reference["options"], estimate, cases, cutoff)
                for estimate, cases in pairs.items()}
     if args.espresso:
-        dft = far_force_changes("espresso LDA", espresso, "hybrid", pairs["hybrid"][:args.espresso], cutoff)
+        dft = far_force_changes("espresso", espresso_options(), "hybrid", pairs["hybrid"][:args.espresso], cutoff)
         ref = np.sqrt(np.mean(np.square(changes["hybrid"][:args.espresso])))
         print(f"the same {len(dft)} hybrid pairs: rms ΔF {np.sqrt(np.mean(np.square(dft))):.1f} meV/Å with "
               f"espresso LDA, {ref:.1f} meV/Å with {name}")
